@@ -1,0 +1,15 @@
+//! edgellm: an LLM inference engine.
+//!
+//! The pipeline: a model *source* (GGUF file or HF checkpoint, [`source`]) gives a [`ModelConfig`]
+//! and tensors; the tokenizer and chat template ([`tokenizer`]) turn requests into token ids; the
+//! engine runs the batch-first forward pass on a backend (CPU reference, CUDA) over a paged KV
+//! cache and samples tokens, which the tokenizer turns back into text.
+
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod source;
+
+pub use config::ModelConfig;
+pub use error::{Error, Result};

@@ -1,0 +1,58 @@
+//! Readers of model sources: GGUF files (`gguf`, with the ggml block formats in `ggml`), HF
+//! safetensors checkpoints (`safetensors`) and HF directories (`hf`). Each exposes its tensors
+//! through [`WeightSource`], in row-major shape order (outermost dimension first, as HF and PyTorch
+//! write them; GGUF's innermost-first dims are reversed on read).
+
+pub mod ggml;
+pub mod gguf;
+pub mod safetensors;
+
+use std::path::Path;
+
+use crate::Result;
+pub use ggml::GgmlType;
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// IEEE f32.
+    F32,
+    /// IEEE f16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// A ggml type (block-quantized or plain) from a GGUF file.
+    Ggml(GgmlType),
+}
+
+/// Name, shape and type of one tensor in a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Name as the source spells it.
+    pub name: String,
+    /// Row-major shape, outermost first (`[out_features, in_features]` for a linear weight).
+    pub shape: Vec<usize>,
+    /// Stored element type.
+    pub dtype: DType,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A set of named tensors that can be read, dequantized, as f32.
+pub trait WeightSource: Send + Sync {
+    /// The file or directory, for error messages.
+    fn path(&self) -> &Path;
+    /// Every tensor, in the source's order.
+    fn tensor_infos(&self) -> Vec<TensorInfo>;
+    /// One tensor's info, or `None` when absent.
+    fn tensor_info(&self, name: &str) -> Option<TensorInfo>;
+    /// The tensor's elements as f32, row-major, dequantized when stored quantized.
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// The tensor's stored bytes (little-endian elements or ggml blocks, row-major).
+    fn read_raw(&self, name: &str) -> Result<&[u8]>;
+}
