@@ -7,8 +7,11 @@
 
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod config;
 mod error;
+pub mod kv;
+pub mod model;
 pub mod source;
 
 pub use config::ModelConfig;

@@ -1,0 +1,157 @@
+//! Building a [`Model`] from a weight source: names resolved through `names`, shapes checked
+//! against the config, Q/K/V and gate/up fused into single matrices.
+
+use super::arch::ArchSpec;
+use super::names::{tensor_name, Key, Scheme};
+use super::rope::inv_freq;
+use super::transformer::{Layer, Model};
+use crate::backend::cpu::Matrix;
+use crate::config::{LayerAttention, ModelConfig};
+use crate::source::{DType, WeightSource};
+use crate::{Error, Result};
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Storage of the matrices: `F32` (exact), `BF16` or `F16` (half the memory and bandwidth).
+    pub weight_dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { weight_dtype: DType::F32 }
+    }
+}
+
+struct Loader<'a> {
+    src: &'a dyn WeightSource,
+    cfg: &'a ModelConfig,
+    scheme: Scheme,
+    spec: ArchSpec,
+    opts: LoadOptions,
+}
+
+impl Loader<'_> {
+    fn name(&self, key: Key, layer: usize) -> String {
+        tensor_name(self.scheme, self.cfg.architecture, key, layer)
+    }
+
+    fn has(&self, key: Key, layer: usize) -> bool {
+        self.src.tensor_info(&self.name(key, layer)).is_some()
+    }
+
+    /// A tensor as f32, checked against the expected shape.
+    fn tensor(&self, key: Key, layer: usize, shape: &[usize]) -> Result<Vec<f32>> {
+        let name = self.name(key, layer);
+        let info = self.src.tensor_info(&name).ok_or_else(|| Error::MissingTensor {
+            name: name.clone(),
+            path: self.src.path().to_path_buf(),
+        })?;
+        if info.shape != shape {
+            return Err(Error::Shape { what: name, expected: shape.to_vec(), got: info.shape });
+        }
+        self.src.read_f32(&name)
+    }
+
+    fn norm(&self, key: Key, layer: usize, width: usize) -> Result<Vec<f32>> {
+        let mut w = self.tensor(key, layer, &[width])?;
+        if self.scheme == Scheme::Hf && self.spec.hf_norm_offset != 0.0 {
+            w.iter_mut().for_each(|v| *v += self.spec.hf_norm_offset);
+        }
+        Ok(w)
+    }
+
+    /// Several `[rows_i, cols]` matrices stacked into one `[Σ rows_i, cols]`.
+    fn fused(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.2).sum::<usize>() * cols);
+        for &(key, layer, rows) in parts {
+            let mut w = self.tensor(key, layer, &[rows, cols])?;
+            if self.scheme == Scheme::Gguf && self.spec.gguf_qk_permuted && matches!(key, Key::Q | Key::K) {
+                w = unpermute_rows(&w, rows / self.cfg.head_dim, cols);
+            }
+            data.extend_from_slice(&w);
+        }
+        let rows = data.len() / cols;
+        Ok(Matrix::from_f32(rows, cols, data).converted(self.opts.weight_dtype))
+    }
+
+    fn layer(&self, i: usize) -> Result<Layer> {
+        let c = self.cfg;
+        let (hidden, q, kv, ffn, hd) =
+            (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let bias = if c.attention_bias || self.has(Key::QBias, i) {
+            let mut b = self.tensor(Key::QBias, i, &[q])?;
+            b.extend(self.tensor(Key::KBias, i, &[kv])?);
+            b.extend(self.tensor(Key::VBias, i, &[kv])?);
+            Some(b)
+        } else {
+            None
+        };
+        let qk_norm = self.spec.qk_norm;
+        let sandwich = self.spec.sandwich_norms;
+        Ok(Layer {
+            attention: c.layer_types.get(i).copied().unwrap_or(LayerAttention::Full),
+            attn_norm: self.norm(Key::AttnNorm, i, hidden)?,
+            wqkv: self.fused(&[(Key::Q, i, q), (Key::K, i, kv), (Key::V, i, kv)], hidden)?,
+            bqkv: bias,
+            q_norm: if qk_norm { Some(self.norm(Key::QNorm, i, hd)?) } else { None },
+            k_norm: if qk_norm { Some(self.norm(Key::KNorm, i, hd)?) } else { None },
+            wo: self.fused(&[(Key::O, i, hidden)], q)?,
+            post_attn_norm: if sandwich { Some(self.norm(Key::PostAttnNorm, i, hidden)?) } else { None },
+            ffn_norm: self.norm(Key::FfnNorm, i, hidden)?,
+            w_gate_up: self.fused(&[(Key::Gate, i, ffn), (Key::Up, i, ffn)], hidden)?,
+            w_down: self.fused(&[(Key::Down, i, hidden)], ffn)?,
+            post_ffn_norm: if sandwich { Some(self.norm(Key::PostFfnNorm, i, hidden)?) } else { None },
+        })
+    }
+}
+
+/// Undoes llama.cpp's Q/K row permutation: within each head GGUF stores row `2i + s` where HF
+/// has row `s · d/2 + i`.
+fn unpermute_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    let head_rows = w.len() / cols / n_heads;
+    let half = head_rows / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let src = (h * head_rows + 2 * i + s) * cols;
+                let dst = (h * head_rows + s * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+impl Model {
+    /// Loads every weight of `cfg` from `src` (HF or GGUF naming, detected from the tensors).
+    pub fn load(src: &dyn WeightSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model> {
+        let scheme = if src.tensor_info("token_embd.weight").is_some() { Scheme::Gguf } else { Scheme::Hf };
+        let spec = ArchSpec::of(cfg.architecture);
+        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+            return Err(Error::Config {
+                source_name: src.path().display().to_string(),
+                field: "num_key_value_heads".into(),
+                what: format!(
+                    "{} query heads are not a multiple of {}",
+                    cfg.num_attention_heads, cfg.num_key_value_heads
+                ),
+            });
+        }
+        let ld = Loader { src, cfg: &cfg, scheme, spec, opts };
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = Matrix::from_f32(vocab, hidden, ld.tensor(Key::Embed, 0, &[vocab, hidden])?)
+            .converted(opts.weight_dtype);
+        let lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
+            Some(ld.fused(&[(Key::LmHead, 0, vocab)], hidden)?)
+        } else {
+            None
+        };
+        let layers = (0..cfg.num_hidden_layers).map(|i| ld.layer(i)).collect::<Result<Vec<_>>>()?;
+        let final_norm = ld.norm(Key::FinalNorm, 0, hidden)?;
+        let rope_full = inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling);
+        let rope_local = inv_freq(cfg.rope_local_theta.unwrap_or(cfg.rope_theta), cfg.head_dim, None);
+        Ok(Model { spec, embed, lm_head, layers, final_norm, rope_full, rope_local, config: cfg })
+    }
+}
