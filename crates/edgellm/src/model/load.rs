@@ -150,8 +150,28 @@ impl Model {
         };
         let layers = (0..cfg.num_hidden_layers).map(|i| ld.layer(i)).collect::<Result<Vec<_>>>()?;
         let final_norm = ld.norm(Key::FinalNorm, 0, hidden)?;
-        let rope_full = inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling);
-        let rope_local = inv_freq(cfg.rope_local_theta.unwrap_or(cfg.rope_theta), cfg.head_dim, None);
-        Ok(Model { spec, embed, lm_head, layers, final_norm, rope_full, rope_local, config: cfg })
+        let mut rope_full = inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling);
+        let mut rope_local = inv_freq(cfg.rope_local_theta.unwrap_or(cfg.rope_theta), cfg.head_dim, None);
+        let mut embed_scale = if spec.scale_embeddings { (hidden as f32).sqrt() } else { 1.0 };
+        // HF transformers keeps the buffers RoPE `inv_freq` and Gemma's `embed_scale` in the
+        // checkpoint's dtype, so a bf16 checkpoint runs with bf16-rounded constants; without the
+        // same rounding the reference logits drift by ~1e-2 within 30 positions
+        let embed_dtype = src.tensor_info(&ld.name(Key::Embed, 0)).map(|i| i.dtype);
+        if scheme == Scheme::Hf && embed_dtype == Some(DType::BF16) {
+            let round = |f: &mut f32| *f = half::bf16::from_f32(*f).to_f32();
+            rope_full.iter_mut().chain(rope_local.iter_mut()).for_each(round);
+            round(&mut embed_scale);
+        }
+        Ok(Model {
+            spec,
+            embed,
+            embed_scale,
+            lm_head,
+            layers,
+            final_norm,
+            rope_full,
+            rope_local,
+            config: cfg,
+        })
     }
 }

@@ -32,7 +32,8 @@ pub struct Model {
     /// What the model is.
     pub config: ModelConfig,
     pub(crate) spec: ArchSpec,
-    pub(crate) embed: Matrix,           // [vocab, hidden]
+    pub(crate) embed: Matrix, // [vocab, hidden]
+    pub(crate) embed_scale: f32,
     pub(crate) lm_head: Option<Matrix>, // [vocab, hidden]; None: tied to `embed`
     pub(crate) layers: Vec<Layer>,
     pub(crate) final_norm: Vec<f32>, // [hidden]
@@ -123,7 +124,7 @@ impl Model {
 
         // embed
         let x = &mut s.x[..n * hidden];
-        let scale = if self.spec.scale_embeddings { (hidden as f32).sqrt() } else { 1.0 };
+        let scale = self.embed_scale;
         for (t, &tok) in batch.tokens.iter().enumerate() {
             let row = &mut x[t * hidden..(t + 1) * hidden];
             self.embed.row_into(tok as usize, row);
