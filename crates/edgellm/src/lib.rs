@@ -11,5 +11,5 @@ pub mod config;
 mod error;
 pub mod source;
 
-pub use config::ModelConfig;
+pub use config::{ModelConfig, SamplingParams};
 pub use error::{Error, Result};
