@@ -139,17 +139,18 @@ fn parse(f: &Fields) -> Result<ModelConfig> {
             format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"),
         ));
     }
-    let head_dim =
-        match f.usize("head_dim")?.or(d.head_dim) {
-            Some(head_dim) => head_dim,
-            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            None => return Err(f.err(
+    let head_dim = match f.usize("head_dim")?.or(d.head_dim) {
+        Some(head_dim) => head_dim,
+        None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+        None => {
+            return Err(f.err(
                 "head_dim",
                 format!(
                     "absent, and hidden_size {hidden_size} is not a multiple of {num_attention_heads} heads"
                 ),
-            )),
-        };
+            ))
+        }
+    };
 
     // Gemma's HF class reads `hidden_activation`; the others `hidden_act`.
     let act_field = if architecture == Architecture::Gemma3 { "hidden_activation" } else { "hidden_act" };
