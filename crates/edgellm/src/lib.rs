@@ -12,7 +12,8 @@ pub mod config;
 mod error;
 pub mod kv;
 pub mod model;
+pub mod sampling;
 pub mod source;
 
-pub use config::ModelConfig;
+pub use config::{ModelConfig, SamplingParams};
 pub use error::{Error, Result};
