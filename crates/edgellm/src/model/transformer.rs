@@ -100,6 +100,16 @@ impl Scratch {
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
+
+    /// Most logit rows per step.
+    pub fn max_logit_rows(&self) -> usize {
+        self.max_logit_rows
+    }
+
+    /// The logits of the last step, writable (samplers process them in place).
+    pub fn logits_mut(&mut self) -> &mut [f32] {
+        &mut self.logits
+    }
 }
 
 impl Model {
