@@ -1,7 +1,11 @@
 //! `out[m, n] = x[m, k] · W[n, k]ᵀ`: the projection of every linear layer. Weights are stored
-//! row-major by output feature (PyTorch's `[out, in]`), so each output element is one dot
-//! product over contiguous memory. Work is split over chunks of weight rows; within a chunk
-//! four activation rows share each weight row read (prefill), so weights stream from memory once.
+//! row-major by output feature (PyTorch's `[out, in]`).
+//!
+//! Two regimes: few activation rows (decode) are memory-bound — each output element is one dot
+//! product over contiguous memory, work split over chunks of weight rows so the weights stream
+//! once. Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
+//! `gemm` crate, runtime-dispatched AVX2/AVX-512/NEON); half-precision weights are widened to
+//! f32 one slab of rows at a time for it.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -81,10 +85,71 @@ const ROWS_PER_TASK: usize = 16;
 pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     assert_eq!(x.len(), m * w.cols, "matmul: x is not [m, cols]");
     assert_eq!(out.len(), m * w.rows, "matmul: out is not [m, rows]");
+    if m >= GEMM_MIN_ROWS {
+        return gemm_rows(x, m, w, out);
+    }
     match &w.data {
         MatrixData::F32(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
         MatrixData::BF16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
         MatrixData::F16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
+    }
+}
+
+/// From this many activation rows on, the blocked GEMM beats one dot product per output.
+const GEMM_MIN_ROWS: usize = 8;
+
+/// Weight rows widened to f32 per GEMM call for half-precision weights (bounds the temporary).
+const WIDEN_ROWS: usize = 1024;
+
+fn gemm_rows(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let mut widened = Vec::new();
+    let mut row = 0;
+    while row < n {
+        let rows = match &w.data {
+            MatrixData::F32(_) => n,
+            _ => WIDEN_ROWS.min(n - row),
+        };
+        let slab: &[f32] = match &w.data {
+            MatrixData::F32(v) => v,
+            MatrixData::BF16(v) => {
+                widened.clear();
+                widened.extend(v[row * k..(row + rows) * k].iter().map(|h| h.to_f32()));
+                &widened
+            }
+            MatrixData::F16(v) => {
+                widened.clear();
+                widened.extend(v[row * k..(row + rows) * k].iter().map(|h| h.to_f32()));
+                &widened
+            }
+        };
+        // SAFETY: dst is `out[.., row..row + rows]` (row stride n) — in bounds since out is
+        // [m, n]; lhs is x [m, k] (row stride k); rhs is slabᵀ [k, rows]: element (kk, j) at
+        // slab[j * k + kk]. No two of them alias.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                out.as_mut_ptr().add(row),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                slab.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        row += rows;
     }
 }
 
