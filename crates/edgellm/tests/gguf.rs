@@ -6,7 +6,7 @@ use std::path::Path;
 
 use edgellm::source::gguf::{GgufArray, GgufFile, GgufValue};
 use edgellm::source::{DType, GgmlType, WeightSource};
-use edgellm::Error;
+use edgellm::{Error, ModelConfig};
 
 /// Builds GGUF bytes. Values are raw (type id + payload) so that tests can write lies.
 struct Gguf {
@@ -372,4 +372,64 @@ fn other_lies() {
     let path =
         Gguf::new().f32_tensor("w", &[1], &[1.0]).f32_tensor("w", &[1], &[1.0]).write(&dir, "dup.gguf");
     assert_err(&open_err(&path), &path, "tensor `w` appears twice", false);
+}
+
+/// The metadata of a minimal model of architecture `arch`.
+fn model(arch: &str) -> Gguf {
+    let k = |s: &str| format!("{arch}.{s}");
+    Gguf::new()
+        .kv_str("general.architecture", arch)
+        .kv_u32(&k("block_count"), 2)
+        .kv_u32(&k("context_length"), 128)
+        .kv_u32(&k("embedding_length"), 64)
+        .kv_u32(&k("feed_forward_length"), 128)
+        .kv_u32(&k("attention.head_count"), 4)
+        .kv_u32(&k("attention.head_count_kv"), 2)
+        .kv_f32(&k("attention.layer_norm_rms_epsilon"), 1e-5)
+        .kv("tokenizer.ggml.tokens", 9, str_array(&["<s>", "</s>", "<|eot_id|>", "a"]))
+        .kv_u32("tokenizer.ggml.bos_token_id", 0)
+        .kv_u32("tokenizer.ggml.eos_token_id", 1)
+}
+
+#[test]
+fn config_from_synthetic_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GgufFile::open(model("llama").write(&dir, "llama.gguf")).unwrap();
+    let c = ModelConfig::from_gguf(&g).unwrap();
+    assert_eq!((c.head_dim, c.vocab_size, c.rope_theta), (16, 4, 10_000.0));
+    assert_eq!(c.eos_token_ids, [1, 2]);
+    assert!(c.tie_word_embeddings && !c.attention_bias && c.rope_scaling.is_none());
+
+    let g = model("llama")
+        .kv_str("llama.rope.scaling.type", "linear")
+        .kv_f32("llama.rope.scaling.factor", 4.0)
+        .f32_tensor("output.weight", &[1], &[0.0]);
+    let c = ModelConfig::from_gguf(&GgufFile::open(g.write(&dir, "lin.gguf")).unwrap()).unwrap();
+    assert_eq!(c.rope_scaling, Some(edgellm::config::RopeScaling::Linear { factor: 4.0 }));
+    assert!(!c.tie_word_embeddings);
+
+    let g = model("llama").kv_str("llama.rope.scaling.type", "yarn");
+    let e = ModelConfig::from_gguf(&GgufFile::open(g.write(&dir, "yarn.gguf")).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("`yarn` is not supported"), "{e}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GgufFile::open(model("mamba").write(&dir, "mamba.gguf")).unwrap();
+    let e = ModelConfig::from_gguf(&g).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedArchitecture { .. }), "{e:?}");
+    assert!(e.to_string().contains("`mamba`") && e.to_string().contains("gemma3"), "{e}");
+
+    let mut g = model("qwen2");
+    g.kv.retain(|(k, _, _)| k != "qwen2.block_count");
+    let g = GgufFile::open(g.write(&dir, "nolayers.gguf")).unwrap();
+    let e = ModelConfig::from_gguf(&g).unwrap_err().to_string();
+    assert!(e.contains("qwen2.block_count") && e.contains("missing"), "{e}");
+
+    let mut g = model("qwen3");
+    g.kv.retain(|(k, _, _)| k != "qwen3.attention.head_count");
+    let g = g.kv_str("qwen3.attention.head_count", "four");
+    let e = ModelConfig::from_gguf(&GgufFile::open(g.write(&dir, "type.gguf")).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("qwen3.attention.head_count") && e.to_string().contains("string"), "{e}");
 }
