@@ -253,6 +253,19 @@ fn tensor_offset_past_the_end() {
 }
 
 #[test]
+fn empty_tensor_before_a_missing_data_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Gguf::new().tensor("e", &[0], 0, vec![]).bytes();
+    bytes.truncate(bytes.len() - 1); // infos end 1 byte short of the aligned data section
+    let path = dir.path().join("empty.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_err(&open_err(&path), &path, "data section starts at", false);
+    let path = Gguf::new().tensor("e", &[0], 0, vec![]).write(&dir, "empty_ok.gguf");
+    let g = GgufFile::open(&path).unwrap();
+    assert!(g.read_f32("e").unwrap().is_empty());
+}
+
+#[test]
 fn unknown_tensor_type() {
     let dir = tempfile::tempdir().unwrap();
     let path = Gguf::new().tensor("w", &[4], 99, vec![0; 16]).write(&dir, "type.gguf");

@@ -536,6 +536,12 @@ impl GgufFile {
         let data_offset = (c.pos as u64).checked_next_multiple_of(alignment).ok_or_else(|| {
             Bad::Malformed(format!("data section offset overflows with alignment {alignment}"))
         })?;
+        if !raw.is_empty() && data_offset > mmap.len() as u64 {
+            return Err(Bad::Malformed(format!(
+                "truncated: the data section starts at {data_offset} but the file ends at {}",
+                mmap.len()
+            )));
+        }
         let data_len = (mmap.len() as u64).saturating_sub(data_offset);
         for t in &raw {
             let end = (t.offset as u64).checked_add(t.n_bytes as u64);
@@ -558,7 +564,7 @@ impl GgufFile {
             tensors: raw,
             by_name,
             alignment,
-            data_offset: data_offset as usize, // ≤ file length whenever a tensor exists; unused otherwise
+            data_offset: data_offset as usize, // ≤ file length whenever a tensor exists
             mmap,
         })
     }
