@@ -5,8 +5,10 @@ use std::time::Instant;
 
 fn main() {
     for dtype in [DType::F32, DType::BF16] {
-        for (m, n, k) in [(1, 1152, 896), (1, 9728, 896), (1, 896, 4864), (1, 151936, 896), (128, 9728, 896)] {
-            let w = Matrix::from_f32(n, k, (0..n * k).map(|i| (i % 17) as f32 * 0.01).collect()).converted(dtype);
+        for (m, n, k) in [(1, 1152, 896), (1, 9728, 896), (1, 896, 4864), (1, 151936, 896), (128, 9728, 896)]
+        {
+            let w =
+                Matrix::from_f32(n, k, (0..n * k).map(|i| (i % 17) as f32 * 0.01).collect()).converted(dtype);
             let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
             let mut out = vec![0f32; m * n];
             matmul(&x, m, &w, &mut out);

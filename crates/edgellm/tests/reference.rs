@@ -56,8 +56,10 @@ impl OneSeq {
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
-        as u32
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+        .0 as u32
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -69,12 +71,17 @@ fn check_fixture(name: &str) {
     let cfg = ModelConfig::from_hf_dir(&dir).unwrap();
     let src = SafetensorsSource::open(&dir).unwrap();
     let model = Model::load(&src, cfg.clone(), LoadOptions::default()).unwrap();
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     for case in golden["cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let greedy = ids(&case["greedy_ids"]);
-        let want: Vec<f32> =
-            case["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect();
+        let want: Vec<f32> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect();
         // teacher-forced: prompt + greedy tokens, chunks of 7 to cross block and chunk borders
         let all: Vec<u32> = prompt.iter().chain(&greedy).copied().collect();
         let mut run = OneSeq::new(&model, 64);
@@ -85,11 +92,24 @@ fn check_fixture(name: &str) {
         let rows = want.len() / cfg.vocab_size;
         if std::env::var_os("EDGELLM_DEBUG").is_some() {
             let v = cfg.vocab_size;
-            let per: Vec<String> = (0..rows).map(|r| format!("{:.0e}", common::max_abs_diff(&got[r * v..(r + 1) * v], &want[r * v..(r + 1) * v]).0)).collect();
+            let per: Vec<String> = (0..rows)
+                .map(|r| {
+                    format!(
+                        "{:.0e}",
+                        common::max_abs_diff(&got[r * v..(r + 1) * v], &want[r * v..(r + 1) * v]).0
+                    )
+                })
+                .collect();
             eprintln!("{name} {} per-position: {}", case["name"], per.join(" "));
         }
         let (diff, at) = common::max_abs_diff(&got[..rows * cfg.vocab_size], &want);
-        assert!(diff <= 1e-3, "{name} {}: max |Δlogit| {diff} at position {} id {}", case["name"], at / cfg.vocab_size, at % cfg.vocab_size);
+        assert!(
+            diff <= 1e-3,
+            "{name} {}: max |Δlogit| {diff} at position {} id {}",
+            case["name"],
+            at / cfg.vocab_size,
+            at % cfg.vocab_size
+        );
         // greedy generation: prefill, then one token at a time
         let mut run = OneSeq::new(&model, 64);
         let logits = run.step(&model, &prompt);
