@@ -40,8 +40,8 @@ impl Loader<'_> {
         self.src.tensor_info(&self.name(key, layer)).is_some()
     }
 
-    /// A tensor as f32, checked against the expected shape.
-    fn tensor(&self, key: Key, layer: usize, shape: &[usize]) -> Result<Vec<f32>> {
+    /// Checks that `key` exists with `shape`; returns its source name.
+    fn checked_name(&self, key: Key, layer: usize, shape: &[usize]) -> Result<String> {
         let name = self.name(key, layer);
         let info = self.src.tensor_info(&name).ok_or_else(|| Error::MissingTensor {
             name: name.clone(),
@@ -50,7 +50,12 @@ impl Loader<'_> {
         if info.shape != shape {
             return Err(Error::Shape { what: name, expected: shape.to_vec(), got: info.shape });
         }
-        self.src.read_f32(&name)
+        Ok(name)
+    }
+
+    /// A tensor as f32, checked against the expected shape.
+    fn tensor(&self, key: Key, layer: usize, shape: &[usize]) -> Result<Vec<f32>> {
+        self.src.read_f32(&self.checked_name(key, layer, shape)?)
     }
 
     fn norm(&self, key: Key, layer: usize, width: usize) -> Result<Vec<f32>> {
@@ -61,15 +66,19 @@ impl Loader<'_> {
         Ok(w)
     }
 
-    /// Several `[rows_i, cols]` matrices stacked into one `[Σ rows_i, cols]`.
+    /// Several `[rows_i, cols]` matrices stacked into one `[Σ rows_i, cols]`, each dequantized
+    /// straight into its place.
     fn fused(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
-        let mut data = Vec::with_capacity(parts.iter().map(|p| p.2).sum::<usize>() * cols);
+        let mut data = vec![0f32; parts.iter().map(|p| p.2).sum::<usize>() * cols];
+        let mut at = 0;
         for &(key, layer, rows) in parts {
-            let mut w = self.tensor(key, layer, &[rows, cols])?;
+            let dst = &mut data[at..at + rows * cols];
+            self.src.read_f32_into(&self.checked_name(key, layer, &[rows, cols])?, dst)?;
             if self.scheme == Scheme::Gguf && self.spec.gguf_qk_permuted && matches!(key, Key::Q | Key::K) {
-                w = unpermute_rows(&w, rows / self.cfg.head_dim, cols);
+                let unpermuted = unpermute_rows(dst, rows / self.cfg.head_dim, cols);
+                dst.copy_from_slice(&unpermuted);
             }
-            data.extend_from_slice(&w);
+            at += rows * cols;
         }
         let rows = data.len() / cols;
         Ok(Matrix::from_f32(rows, cols, data).converted(self.opts.weight_dtype))
@@ -141,8 +150,7 @@ impl Model {
         }
         let ld = Loader { src, cfg: &cfg, scheme, spec, opts };
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = Matrix::from_f32(vocab, hidden, ld.tensor(Key::Embed, 0, &[vocab, hidden])?)
-            .converted(opts.weight_dtype);
+        let embed = ld.fused(&[(Key::Embed, 0, vocab)], hidden)?;
         let lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
             Some(ld.fused(&[(Key::LmHead, 0, vocab)], hidden)?)
         } else {

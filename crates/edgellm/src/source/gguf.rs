@@ -735,11 +735,14 @@ impl WeightSource for GgufFile {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self.tensor_or_err(name)?;
-        let bytes = self.read_raw(name)?;
-        let mut out = vec![0f32; t.info.numel()];
-        ggml::dequantize(t.ggml_type, bytes, &mut out)?;
+        let mut out = vec![0f32; self.tensor_or_err(name)?.info.numel()];
+        self.read_f32_into(name, &mut out)?;
         Ok(out)
+    }
+
+    fn read_f32_into(&self, name: &str, out: &mut [f32]) -> Result<()> {
+        let t = self.tensor_or_err(name)?;
+        ggml::dequantize(t.ggml_type, self.read_raw(name)?, out)
     }
 
     fn read_raw(&self, name: &str) -> Result<&[u8]> {

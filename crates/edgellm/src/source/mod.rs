@@ -53,6 +53,20 @@ pub trait WeightSource: Send + Sync {
     fn tensor_info(&self, name: &str) -> Option<TensorInfo>;
     /// The tensor's elements as f32, row-major, dequantized when stored quantized.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// [`WeightSource::read_f32`] into a caller's buffer of exactly `numel` elements (lets the
+    /// loader dequantize straight into a fused matrix instead of copying).
+    fn read_f32_into(&self, name: &str, out: &mut [f32]) -> Result<()> {
+        let v = self.read_f32(name)?;
+        if v.len() != out.len() {
+            return Err(crate::Error::Shape {
+                what: name.to_string(),
+                expected: vec![out.len()],
+                got: vec![v.len()],
+            });
+        }
+        out.copy_from_slice(&v);
+        Ok(())
+    }
     /// The tensor's stored bytes (little-endian elements or ggml blocks, row-major).
     fn read_raw(&self, name: &str) -> Result<&[u8]>;
 }

@@ -1,0 +1,81 @@
+//! `EngineConfig`: how the engine runs — threads, batch limits, KV pool size, weight storage.
+
+use crate::source::DType;
+use crate::{Error, ModelConfig, Result};
+
+/// How the engine runs. Build it from flags or a file, then [`EngineConfig::resolve`] it
+/// against the model.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Worker threads; 0 = one per core.
+    pub threads: usize,
+    /// Most tokens in one forward pass (prefill chunk size).
+    pub max_batch_tokens: usize,
+    /// Most sequences in one batch.
+    pub max_seqs: usize,
+    /// Longest sequence (prompt + generated); 0 = the model's limit, capped at 4096.
+    pub max_context: usize,
+    /// Token positions in the KV pool; 0 = `max_seqs × max_context`.
+    pub kv_tokens: usize,
+    /// Positions per KV block.
+    pub kv_block_size: usize,
+    /// Storage of weight matrices: `F32`, `BF16` or `F16`.
+    pub weight_dtype: DType,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: 0,
+            max_batch_tokens: 512,
+            max_seqs: 8,
+            max_context: 0,
+            kv_tokens: 0,
+            kv_block_size: 16,
+            weight_dtype: DType::F32,
+        }
+    }
+}
+
+/// Context used when neither the user nor the model sets a smaller one: KV for 32k positions of
+/// a 0.5B model is 400 MB per sequence in f32, too much to reserve by default.
+const DEFAULT_MAX_CONTEXT: usize = 4096;
+
+impl EngineConfig {
+    /// Checks the values and fills the defaults that depend on the model.
+    pub fn resolve(mut self, model: &ModelConfig) -> Result<Self> {
+        let invalid = |what, why: String| Err(Error::Invalid { what, why });
+        if self.max_batch_tokens == 0 || self.max_seqs == 0 || self.kv_block_size == 0 {
+            return invalid("engine config", "max_batch_tokens, max_seqs and kv_block_size must be positive".into());
+        }
+        if !matches!(self.weight_dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return invalid("weight dtype", format!("{:?} is not a CPU storage type", self.weight_dtype));
+        }
+        let model_max = model.max_position_embeddings.max(1);
+        if self.max_context == 0 {
+            self.max_context = model_max.min(DEFAULT_MAX_CONTEXT);
+        } else if self.max_context > model_max {
+            return invalid("max context", format!("{} exceeds the model's {model_max} positions", self.max_context));
+        }
+        if self.kv_tokens == 0 {
+            self.kv_tokens = self.max_seqs * self.max_context;
+        }
+        if self.kv_tokens < self.max_context.min(self.max_batch_tokens) {
+            return invalid("kv tokens", format!("{} KV positions cannot hold one batch", self.kv_tokens));
+        }
+        if self.threads == 0 {
+            self.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        Ok(self)
+    }
+
+    /// Longest sequence.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Blocks in the KV pool.
+    pub fn kv_blocks(&self) -> usize {
+        self.kv_tokens.div_ceil(self.kv_block_size)
+    }
+}

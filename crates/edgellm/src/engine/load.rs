@@ -1,0 +1,96 @@
+//! Opening a model source (GGUF file or HF directory) into an [`Engine`] with every buffer
+//! allocated.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::{Engine, EngineConfig, StepBuffers};
+use crate::kv::{BlockAllocator, KvCache, KvShape};
+use crate::model::{LoadOptions, Model, Scratch};
+use crate::source::gguf::GgufFile;
+use crate::source::safetensors::SafetensorsSource;
+use crate::source::WeightSource;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, ModelConfig, Result};
+
+/// A model source opened for loading: its configuration, tensors and tokenizer.
+pub struct OpenedSource {
+    /// What the model is.
+    pub config: ModelConfig,
+    /// Its tensors.
+    pub weights: Box<dyn WeightSource>,
+    /// Its tokenizer (with chat template and EOS ids).
+    pub tokenizer: Tokenizer,
+}
+
+impl OpenedSource {
+    /// Opens a `.gguf` file or an HF checkpoint directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let config = ModelConfig::from_hf_dir(path)?;
+            let tok_path = path.join("tokenizer.json");
+            if !tok_path.is_file() {
+                return Err(Error::Invalid {
+                    what: "model directory",
+                    why: format!("no tokenizer.json in {}", path.display()),
+                });
+            }
+            let tokenizer = Tokenizer::from_file(&tok_path)?;
+            let weights = Box::new(SafetensorsSource::open(path)?);
+            return Ok(OpenedSource { config, weights, tokenizer });
+        }
+        let gguf = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        Ok(OpenedSource { config, weights: Box::new(gguf), tokenizer })
+    }
+}
+
+impl Engine {
+    /// Loads the model at `path` (GGUF file or HF directory) and allocates the KV pool, the
+    /// activation arena and the step buffers for `cfg`.
+    pub fn load(path: &Path, cfg: EngineConfig) -> Result<Engine> {
+        let start = Instant::now();
+        let source = OpenedSource::open(path)?;
+        let cfg = cfg.resolve(&source.config)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .build()
+            .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
+        let opts = LoadOptions { weight_dtype: cfg.weight_dtype };
+        let model = pool.install(|| Model::load(source.weights.as_ref(), source.config.clone(), opts))?;
+        Self::from_parts(model, source.tokenizer, cfg, pool, start)
+    }
+
+    fn from_parts(
+        model: Model,
+        tokenizer: Tokenizer,
+        cfg: EngineConfig,
+        pool: rayon::ThreadPool,
+        start: Instant,
+    ) -> Result<Engine> {
+        let c = &model.config;
+        let shape = KvShape {
+            n_layers: c.num_hidden_layers,
+            n_blocks: cfg.kv_blocks(),
+            block_size: cfg.kv_block_size,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let template = tokenizer.chat_template_renderer()?;
+        let scratch = Scratch::new(c, cfg.max_batch_tokens, cfg.max_batch_tokens.max(cfg.max_seqs));
+        Ok(Engine {
+            kv: KvCache::new(shape),
+            alloc: BlockAllocator::new(shape.n_blocks),
+            scratch,
+            step: StepBuffers::with_capacity(&cfg),
+            template,
+            tokenizer,
+            model,
+            cfg,
+            pool,
+            load_time: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! The engine: loads a model source into a [`Model`], allocates everything up front (KV pool,
+//! activation arena, step buffers) and runs generation for one or many sequences at once.
+//!
+//! A [`Sequence`] is a request in progress: its tokens, KV blocks, sampler and text state. The
+//! caller creates sequences with [`Engine::new_sequence`], runs them with [`Engine::generate`]
+//! (any number at once; every step is one batched forward pass over all of them, prefill chunks
+//! and decode tokens mixed), reads [`Event`]s from a callback, and releases them with
+//! [`Engine::release`]. A finished sequence keeps its KV, so a chat can append the next turn and
+//! continue without recomputing earlier turns ([`Engine::extend_sequence`]).
+
+mod config;
+mod load;
+mod sequence;
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+pub use config::EngineConfig;
+pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
+
+use crate::kv::{BlockAllocator, KvCache};
+use crate::model::{ForwardBatch, Model, Scratch};
+use crate::sampling::{FinishReason, TokenHistory};
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::{Error, Result};
+
+/// Per-step batch description, reused across steps so a decode step allocates nothing.
+#[derive(Default)]
+struct StepBuffers {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    token_seq: Vec<u32>,
+    block_table_data: Vec<u32>,
+    block_table_offsets: Vec<u32>,
+    logit_rows: Vec<u32>,
+    /// For each logit row, the index (into the caller's slice) of the sequence it samples for.
+    row_owner: Vec<usize>,
+    /// Index into the caller's slice of each batch sequence slot.
+    seq_index: Vec<usize>,
+}
+
+impl StepBuffers {
+    fn with_capacity(cfg: &EngineConfig) -> Self {
+        let blocks_per_seq = cfg.max_context().div_ceil(cfg.kv_block_size);
+        StepBuffers {
+            tokens: Vec::with_capacity(cfg.max_batch_tokens),
+            positions: Vec::with_capacity(cfg.max_batch_tokens),
+            token_seq: Vec::with_capacity(cfg.max_batch_tokens),
+            block_table_data: Vec::with_capacity(cfg.max_seqs * blocks_per_seq),
+            block_table_offsets: Vec::with_capacity(cfg.max_seqs + 1),
+            logit_rows: Vec::with_capacity(cfg.max_seqs),
+            row_owner: Vec::with_capacity(cfg.max_seqs),
+            seq_index: Vec::with_capacity(cfg.max_seqs),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.tokens.clear();
+        self.positions.clear();
+        self.token_seq.clear();
+        self.block_table_data.clear();
+        self.block_table_offsets.clear();
+        self.block_table_offsets.push(0);
+        self.logit_rows.clear();
+        self.row_owner.clear();
+        self.seq_index.clear();
+    }
+}
+
+/// A loaded model with its tokenizer, KV pool and buffers.
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    cfg: EngineConfig,
+    kv: KvCache,
+    alloc: BlockAllocator,
+    scratch: Scratch,
+    step: StepBuffers,
+    pool: rayon::ThreadPool,
+    load_time: std::time::Duration,
+}
+
+impl Engine {
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template, when the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// The configuration in force (with defaults resolved).
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// How long [`Engine::load`] took.
+    pub fn load_time(&self) -> std::time::Duration {
+        self.load_time
+    }
+
+    /// KV blocks not in use.
+    pub fn free_kv_blocks(&self) -> usize {
+        self.alloc.n_free()
+    }
+
+    /// Runs `f` on the engine's thread pool (kernels called inside use its threads).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Returns a sequence's KV blocks to the pool.
+    pub fn release(&mut self, seq: &mut Sequence) {
+        seq.table.free(&mut self.alloc);
+        seq.n_cached = 0;
+    }
+
+    /// Runs `seqs` until each has finished, calling `on_event(index, event)` for every generated
+    /// token and each completion. Returning `ControlFlow::Break` from the callback cancels that
+    /// sequence (finish reason `cancelled`); the others go on.
+    pub fn generate(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        on_event: &mut dyn FnMut(usize, Event<'_>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        if seqs.len() > self.cfg.max_seqs {
+            return Err(Error::Invalid {
+                what: "batch",
+                why: format!("{} sequences exceed max_seqs = {}", seqs.len(), self.cfg.max_seqs),
+            });
+        }
+        for seq in seqs.iter_mut() {
+            seq.start(Instant::now());
+        }
+        while seqs.iter().any(|s| s.finish.is_none()) {
+            self.step(seqs, on_event)?;
+        }
+        Ok(())
+    }
+
+    /// One batched forward pass over every running sequence, then sampling for each sequence
+    /// whose pending tokens were all consumed.
+    fn step(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        on_event: &mut dyn FnMut(usize, Event<'_>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.plan_step(seqs)?;
+        if self.step.tokens.is_empty() {
+            return Ok(());
+        }
+        let b = &self.step;
+        let batch = ForwardBatch {
+            tokens: &b.tokens,
+            positions: &b.positions,
+            token_seq: &b.token_seq,
+            block_table_data: &b.block_table_data,
+            block_table_offsets: &b.block_table_offsets,
+            logit_rows: &b.logit_rows,
+        };
+        let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
+        let logits = self.pool.install(|| model.forward(&batch, kv, scratch).len());
+        let n_vocab = self.model.config.vocab_size;
+        debug_assert_eq!(logits, self.step.row_owner.len() * n_vocab);
+        for row in 0..self.step.row_owner.len() {
+            let i = self.step.row_owner[row];
+            let seq = &mut *seqs[i];
+            let logits = &mut self.scratch.logits_mut()[row * n_vocab..(row + 1) * n_vocab];
+            let sampled = seq.sampler.sample(logits, TokenHistory::split(&seq.tokens, seq.n_prompt));
+            seq.accept(&self.tokenizer, sampled, i, on_event)?;
+            if seq.finish.is_some() {
+                // its last token's KV is not needed unless the sequence is extended later
+                seq.emit_completion(i, on_event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the step buffers: up to `max_batch_tokens` pending tokens, oldest sequences first,
+    /// and the logit rows of sequences whose pending tokens all fit.
+    fn plan_step(&mut self, seqs: &mut [&mut Sequence]) -> Result<()> {
+        self.step.clear();
+        let mut budget = self.cfg.max_batch_tokens;
+        let block_size = self.cfg.kv_block_size;
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if seq.finish.is_some() || budget == 0 {
+                continue;
+            }
+            let pending = seq.tokens.len() - seq.n_cached;
+            let take = pending.min(budget);
+            if let Err(e) = seq.table.reserve(take, block_size, &mut self.alloc) {
+                return Err(e);
+            }
+            let slot = self.step.seq_index.len() as u32;
+            self.step.seq_index.push(i);
+            for p in seq.n_cached..seq.n_cached + take {
+                self.step.tokens.push(seq.tokens[p]);
+                self.step.positions.push(p as u32);
+                self.step.token_seq.push(slot);
+            }
+            self.step.block_table_data.extend_from_slice(&seq.table.blocks);
+            self.step.block_table_offsets.push(self.step.block_table_data.len() as u32);
+            seq.n_cached += take;
+            seq.table.len = seq.n_cached;
+            budget -= take;
+            if seq.n_cached == seq.tokens.len() {
+                self.step.logit_rows.push(self.step.tokens.len() as u32 - 1);
+                self.step.row_owner.push(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits of every position of `tokens` run as one fresh sequence (perplexity, tests).
+    /// Returns `[tokens.len(), vocab]`.
+    pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut seq = Sequence::from_ids(self, tokens.to_vec(), Default::default())?;
+        let n_vocab = self.model.config.vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * n_vocab);
+        let chunk = self.cfg.max_batch_tokens.min(self.scratch.max_logit_rows());
+        let result = (|| {
+            for start in (0..tokens.len()).step_by(chunk) {
+                let end = (start + chunk).min(tokens.len());
+                seq.table.reserve(end - start, self.cfg.kv_block_size, &mut self.alloc)?;
+                seq.table.len = end;
+                let positions: Vec<u32> = (start as u32..end as u32).collect();
+                let rows: Vec<u32> = (0..(end - start) as u32).collect();
+                let batch = ForwardBatch {
+                    tokens: &tokens[start..end],
+                    positions: &positions,
+                    token_seq: &vec![0; end - start],
+                    block_table_data: &seq.table.blocks,
+                    block_table_offsets: &[0, seq.table.blocks.len() as u32],
+                    logit_rows: &rows,
+                };
+                let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
+                out.extend_from_slice(self.pool.install(|| model.forward(&batch, kv, scratch)));
+            }
+            Ok(())
+        })();
+        self.release(&mut seq);
+        result.map(|()| out)
+    }
+}
+
+/// Why generation of a sequence ended, as reported in its [`Completion`].
+pub type Finish = FinishReason;
