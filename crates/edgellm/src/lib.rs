@@ -10,6 +10,8 @@
 pub mod config;
 mod error;
 pub mod source;
+pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use tokenizer::{ChatMessage, ChatTemplate, DecodeStream, Tokenizer};
