@@ -30,12 +30,13 @@ use tokenizers::{
     AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
+use crate::source::gguf::GgufFile;
 use crate::{Error, Result};
 
 /// GGUF token type of a control token (`<|im_start|>`, `<bos>`).
-pub const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_CONTROL: i32 = 3;
 /// GGUF token type of a user-defined token (`<tool_call>`, Gemma's whitespace runs).
-pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// The tokenizer keys of a GGUF file's metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
 #[derive(Debug, Clone, Default)]
@@ -75,35 +76,90 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-/// Texts of control tokens that end generation, as llama.cpp collects them into its end-of-generation
-/// set besides `eos_token_id`.
-const END_OF_GENERATION: [&str; 9] = [
+/// Token texts that end generation wherever they appear in a vocabulary, as in llama.cpp's
+/// end-of-generation scan; the same list as `ModelConfig::from_gguf`'s, so that both agree.
+const END_OF_GENERATION: [&str; 12] = [
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
     "<end_of_turn>",
     "<|endoftext|>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
-    "<｜end▁of▁sentence｜>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
 ];
 
 impl GgufVocab {
+    /// Reads the tokenizer keys of a GGUF file.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let bad = |key: &str, what: &str| Error::malformed(file.path(), "GGUF", format!("{key}: {what}"));
+        let id = |key: &str| -> Result<Option<u32>> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .map(Some)
+                    .ok_or_else(|| bad(key, "not a token id")),
+            }
+        };
+        let strings = |key: &str| file.get_str_array(key).map(<[String]>::to_vec).unwrap_or_default();
+        let token_types = match file.get_array("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(array) => match array.as_i32s() {
+                Some(types) => types.to_vec(),
+                None => (0..array.len())
+                    .map(|i| array.get(i).and_then(|v| v.as_i64()).map(|t| t as i32))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("tokenizer.ggml.token_type", "not an integer array"))?,
+            },
+        };
+        let vocab = GgufVocab {
+            model: file
+                .get_str("tokenizer.ggml.model")
+                .ok_or_else(|| bad("tokenizer.ggml.model", "missing"))?
+                .into(),
+            pre: file.get_str("tokenizer.ggml.pre").map(str::to_string),
+            tokens: strings("tokenizer.ggml.tokens"),
+            token_types,
+            scores: file.get_f32_array("tokenizer.ggml.scores").map(<[f32]>::to_vec).unwrap_or_default(),
+            merges: strings("tokenizer.ggml.merges"),
+            bos_id: id("tokenizer.ggml.bos_token_id")?,
+            eos_id: id("tokenizer.ggml.eos_token_id")?,
+            eot_id: id("tokenizer.ggml.eot_token_id")?,
+            eom_id: id("tokenizer.ggml.eom_token_id")?,
+            unk_id: id("tokenizer.ggml.unknown_token_id")?,
+            pad_id: id("tokenizer.ggml.padding_token_id")?,
+            add_bos: file.get_bool("tokenizer.ggml.add_bos_token"),
+            add_eos: file.get_bool("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: file.get_bool("tokenizer.ggml.add_space_prefix"),
+            chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+        };
+        if !vocab.token_types.is_empty() && vocab.token_types.len() != vocab.tokens.len() {
+            return Err(bad("tokenizer.ggml.token_type", "length differs from tokenizer.ggml.tokens"));
+        }
+        Ok(vocab)
+    }
+
     /// Whether encoding with special tokens prepends BOS: the file's flag, else llama.cpp's default
     /// (yes for SentencePiece vocabularies, no for byte-level ones).
     pub fn adds_bos(&self) -> bool {
         self.add_bos.unwrap_or(self.model == "llama") && self.bos_id.is_some()
     }
 
-    /// Every id that ends generation: EOS, EOT, EOM, and the control tokens llama.cpp treats as
-    /// end of generation (`<|im_end|>`, `<|endoftext|>`, `<end_of_turn>`, …), in that order.
+    /// Every id that ends generation: EOS, EOT, EOM, then the tokens llama.cpp treats as end of
+    /// generation (`<|im_end|>`, `<|endoftext|>`, `<end_of_turn>`, …), in vocabulary order.
     pub fn eos_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = [self.eos_id, self.eot_id, self.eom_id].into_iter().flatten().collect();
-        for (id, token) in self.tokens.iter().enumerate() {
-            let control = self.token_types.get(id) == Some(&TOKEN_TYPE_CONTROL);
-            if control && END_OF_GENERATION.contains(&token.as_str()) && !ids.contains(&(id as u32)) {
-                ids.push(id as u32);
+        let mut ids: Vec<u32> = Vec::new();
+        let named = self.tokens.iter().enumerate().filter(|(_, t)| END_OF_GENERATION.contains(&t.as_str()));
+        let named = named.map(|(id, _)| id as u32);
+        for id in [self.eos_id, self.eot_id, self.eom_id].into_iter().flatten().chain(named) {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
         ids

@@ -24,6 +24,7 @@ pub use chat_template::{ChatMessage, ChatTemplate, FunctionCall, MessageContent,
 pub use gguf_vocab::GgufVocab;
 pub use stream::DecodeStream;
 
+use crate::source::gguf::GgufFile;
 use crate::{Error, Result};
 
 /// A tokenizer with the special-token facts the engine needs. Cheap to share behind an `Arc`;
@@ -87,7 +88,12 @@ impl Tokenizer {
         Self::from_hf(inner, SideConfig::default())
     }
 
-    /// Rebuilds the tokenizer a GGUF file describes (see [`GgufVocab`]).
+    /// Rebuilds the tokenizer a GGUF file's metadata describes, chat template included.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        Self::from_gguf_vocab(&GgufVocab::from_gguf(file)?)
+    }
+
+    /// Rebuilds the tokenizer a GGUF vocabulary describes (see [`GgufVocab`]).
     pub fn from_gguf_vocab(vocab: &GgufVocab) -> Result<Self> {
         let inner = gguf_vocab::build(vocab)?;
         let mut tokenizer = Self::assemble(inner, vocab.bos_id, vocab.eos_ids(), vocab.chat_template.clone());
