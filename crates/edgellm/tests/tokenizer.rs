@@ -138,6 +138,26 @@ fn gemma_gguf_matches_reference_ids() {
 }
 
 #[test]
+fn perplexity_texts_have_the_reference_token_counts() {
+    if let Some(t) = qwen() {
+        let text =
+            std::fs::read_to_string(shared().join("golden").join(QWEN).join("ppl-apache-1024.txt")).unwrap();
+        // golden.json: "over exactly the tokens of ppl-apache-1024.txt (1,024 tokens)".
+        assert_eq!(t.encode(&text, false).unwrap().len(), 1024);
+    }
+    if let Some(t) = gemma() {
+        let text =
+            std::fs::read_to_string(shared().join("golden").join(GEMMA).join("ppl-apache.txt")).unwrap();
+        let start = Instant::now();
+        let ids = t.encode(&text, true).unwrap();
+        eprintln!("gemma: {} bytes -> {} tokens in {:?}", text.len(), ids.len(), start.elapsed());
+        // Cut to 1,023 tokens after BOS for the reference: the text has at least that many.
+        assert!(ids.len() >= 1024 && ids[0] == 2);
+        assert_eq!(t.decode(&ids[1..], false).unwrap(), text);
+    }
+}
+
+#[test]
 fn gemma_gguf_special_tokens() {
     let Some(t) = gemma() else { return };
     assert_eq!(t.vocab_size(), 262_144);

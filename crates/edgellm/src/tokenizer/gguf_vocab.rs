@@ -12,7 +12,10 @@
 //!   its runs of literal spaces), by vocabulary position.
 //!
 //! Control tokens (type 3) become special added tokens, so that `<|im_start|>` in a prompt is one
-//! id and `decode(.., skip_special)` drops them.
+//! id and `decode(.., skip_special)` drops them. User-defined tokens (type 4) of a byte-level
+//! vocabulary (Qwen's `<tool_call>`) become plain added tokens — one id, but text that decoding
+//! keeps, as in the model's own `tokenizer.json`; Gemma's (whitespace runs, `<b>`) are left to the
+//! merges, as the reference conversion leaves them.
 
 use rayon::prelude::*;
 use tokenizers::decoders::byte_fallback::ByteFallback;
