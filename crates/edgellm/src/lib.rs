@@ -14,6 +14,8 @@ pub mod kv;
 pub mod model;
 pub mod sampling;
 pub mod source;
+pub mod tokenizer;
 
 pub use config::{ModelConfig, SamplingParams};
 pub use error::{Error, Result};
+pub use tokenizer::{ChatMessage, ChatTemplate, DecodeStream, Tokenizer};
