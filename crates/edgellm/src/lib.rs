@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod kv;
 pub mod model;

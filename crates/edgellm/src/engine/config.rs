@@ -46,7 +46,10 @@ impl EngineConfig {
     pub fn resolve(mut self, model: &ModelConfig) -> Result<Self> {
         let invalid = |what, why: String| Err(Error::Invalid { what, why });
         if self.max_batch_tokens == 0 || self.max_seqs == 0 || self.kv_block_size == 0 {
-            return invalid("engine config", "max_batch_tokens, max_seqs and kv_block_size must be positive".into());
+            return invalid(
+                "engine config",
+                "max_batch_tokens, max_seqs and kv_block_size must be positive".into(),
+            );
         }
         if !matches!(self.weight_dtype, DType::F32 | DType::BF16 | DType::F16) {
             return invalid("weight dtype", format!("{:?} is not a CPU storage type", self.weight_dtype));
@@ -55,7 +58,10 @@ impl EngineConfig {
         if self.max_context == 0 {
             self.max_context = model_max.min(DEFAULT_MAX_CONTEXT);
         } else if self.max_context > model_max {
-            return invalid("max context", format!("{} exceeds the model's {model_max} positions", self.max_context));
+            return invalid(
+                "max context",
+                format!("{} exceeds the model's {model_max} positions", self.max_context),
+            );
         }
         if self.kv_tokens == 0 {
             self.kv_tokens = self.max_seqs * self.max_context;

@@ -89,7 +89,7 @@ impl Engine {
             tokenizer,
             model,
             cfg,
-            pool,
+            pool: std::sync::Arc::new(pool),
             load_time: start.elapsed(),
         })
     }

@@ -9,6 +9,7 @@
 //! continue without recomputing earlier turns ([`Engine::extend_sequence`]).
 
 mod config;
+mod eval;
 mod load;
 mod sequence;
 
@@ -16,6 +17,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 pub use config::EngineConfig;
+pub use eval::Perplexity;
+pub use load::OpenedSource;
 pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
 
 use crate::kv::{BlockAllocator, KvCache};
@@ -37,6 +40,8 @@ struct StepBuffers {
     row_owner: Vec<usize>,
     /// Index into the caller's slice of each batch sequence slot.
     seq_index: Vec<usize>,
+    /// Sequences that could not get KV blocks this step.
+    failed: Vec<usize>,
 }
 
 impl StepBuffers {
@@ -51,6 +56,7 @@ impl StepBuffers {
             logit_rows: Vec::with_capacity(cfg.max_seqs),
             row_owner: Vec::with_capacity(cfg.max_seqs),
             seq_index: Vec::with_capacity(cfg.max_seqs),
+            failed: Vec::with_capacity(cfg.max_seqs),
         }
     }
 
@@ -64,6 +70,7 @@ impl StepBuffers {
         self.logit_rows.clear();
         self.row_owner.clear();
         self.seq_index.clear();
+        self.failed.clear();
     }
 }
 
@@ -77,7 +84,7 @@ pub struct Engine {
     alloc: BlockAllocator,
     scratch: Scratch,
     step: StepBuffers,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     load_time: std::time::Duration,
 }
 
@@ -112,9 +119,10 @@ impl Engine {
         self.alloc.n_free()
     }
 
-    /// Runs `f` on the engine's thread pool (kernels called inside use its threads).
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+    /// The engine's thread pool. Code running inside it (`pool.install`) calls the kernels
+    /// without crossing threads; calling in from outside costs an injection, which allocates.
+    pub fn thread_pool(&self) -> std::sync::Arc<rayon::ThreadPool> {
+        self.pool.clone()
     }
 
     /// Returns a sequence's KV blocks to the pool.
@@ -129,7 +137,7 @@ impl Engine {
     pub fn generate(
         &mut self,
         seqs: &mut [&mut Sequence],
-        on_event: &mut dyn FnMut(usize, Event<'_>) -> ControlFlow<()>,
+        on_event: &mut (dyn FnMut(usize, Event<'_>) -> ControlFlow<()> + Send),
     ) -> Result<()> {
         if seqs.len() > self.cfg.max_seqs {
             return Err(Error::Invalid {
@@ -140,22 +148,49 @@ impl Engine {
         for seq in seqs.iter_mut() {
             seq.start(Instant::now());
         }
-        while seqs.iter().any(|s| s.finish.is_none()) {
-            self.step(seqs, on_event)?;
-        }
-        Ok(())
+        // the whole loop runs on a pool thread, so steps do not inject jobs from outside
+        let pool = self.pool.clone();
+        pool.install(|| {
+            while seqs.iter().any(|s| s.finish.is_none()) {
+                self.step(seqs, on_event)?;
+            }
+            Ok(())
+        })
     }
 
-    /// One batched forward pass over every running sequence, then sampling for each sequence
-    /// whose pending tokens were all consumed.
+    /// One step: the batched forward pass and sampling ([`Engine::forward_step`]), then text
+    /// streaming, stop checks and events for each sequence that received a token.
     fn step(
         &mut self,
         seqs: &mut [&mut Sequence],
         on_event: &mut dyn FnMut(usize, Event<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
+        self.forward_step(seqs)?;
+        for k in 0..self.step.failed.len() {
+            let i = self.step.failed[k];
+            seqs[i].emit_completion(i, on_event);
+        }
+        for row in 0..self.step.row_owner.len() {
+            let i = self.step.row_owner[row];
+            let seq = &mut *seqs[i];
+            seq.accept(&self.tokenizer, i, on_event)?;
+            if seq.finish.is_some() {
+                seq.emit_completion(i, on_event);
+            }
+        }
+        Ok(())
+    }
+
+    /// The compute half of a step: one batched forward pass over every running sequence's
+    /// pending tokens, then a sampled token appended to each sequence whose pending tokens were
+    /// all consumed. Allocates nothing once the sequences' buffers exist (a test counts this);
+    /// text, stop strings and events are [`Engine::generate`]'s business. Returns the number of
+    /// tokens sampled.
+    #[doc(hidden)]
+    pub fn forward_step(&mut self, seqs: &mut [&mut Sequence]) -> Result<usize> {
         self.plan_step(seqs)?;
         if self.step.tokens.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let b = &self.step;
         let batch = ForwardBatch {
@@ -167,21 +202,17 @@ impl Engine {
             logit_rows: &b.logit_rows,
         };
         let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
-        let logits = self.pool.install(|| model.forward(&batch, kv, scratch).len());
+        self.pool.install(|| {
+            model.forward(&batch, kv, scratch);
+        });
         let n_vocab = self.model.config.vocab_size;
-        debug_assert_eq!(logits, self.step.row_owner.len() * n_vocab);
         for row in 0..self.step.row_owner.len() {
-            let i = self.step.row_owner[row];
-            let seq = &mut *seqs[i];
+            let seq = &mut *seqs[self.step.row_owner[row]];
             let logits = &mut self.scratch.logits_mut()[row * n_vocab..(row + 1) * n_vocab];
             let sampled = seq.sampler.sample(logits, TokenHistory::split(&seq.tokens, seq.n_prompt));
-            seq.accept(&self.tokenizer, sampled, i, on_event)?;
-            if seq.finish.is_some() {
-                // its last token's KV is not needed unless the sequence is extended later
-                seq.emit_completion(i, on_event);
-            }
+            seq.push_sampled(sampled);
         }
-        Ok(())
+        Ok(self.step.row_owner.len())
     }
 
     /// Fills the step buffers: up to `max_batch_tokens` pending tokens, oldest sequences first,
@@ -196,8 +227,11 @@ impl Engine {
             }
             let pending = seq.tokens.len() - seq.n_cached;
             let take = pending.min(budget);
-            if let Err(e) = seq.table.reserve(take, block_size, &mut self.alloc) {
-                return Err(e);
+            if seq.table.reserve(take, block_size, &mut self.alloc).is_err() {
+                // the pool is exhausted: this sequence ends, the others go on
+                seq.finish = Some(FinishReason::Error);
+                self.step.failed.push(i);
+                continue;
             }
             let slot = self.step.seq_index.len() as u32;
             self.step.seq_index.push(i);

@@ -110,6 +110,8 @@ pub struct Sequence {
     started: Option<Instant>,
     first_token: Option<Instant>,
     completion: Option<Completion>,
+    /// The token sampled by the last forward step, waiting for [`Sequence::accept`].
+    last: Option<SampledToken>,
 }
 
 impl Sequence {
@@ -129,7 +131,10 @@ impl Sequence {
         }
         let n_vocab = engine.model.config.vocab_size;
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(Error::Invalid { what: "prompt", why: format!("token id {bad} outside the vocabulary of {n_vocab}") });
+            return Err(Error::Invalid {
+                what: "prompt",
+                why: format!("token id {bad} outside the vocabulary of {n_vocab}"),
+            });
         }
         let sampler = Sampler::new(&params, n_vocab)?.with_eos_token_ids(engine.tokenizer.eos_ids());
         let blocks = max.div_ceil(engine.cfg.kv_block_size);
@@ -152,6 +157,7 @@ impl Sequence {
             started: None,
             first_token: None,
             completion: None,
+            last: None,
         })
     }
 
@@ -181,19 +187,24 @@ impl Sequence {
         }
     }
 
-    /// Takes a sampled token: records it, streams its text, decides whether the sequence ends.
+    /// Records a sampled token (the compute half of a step; no text yet).
+    pub(super) fn push_sampled(&mut self, sampled: SampledToken) {
+        self.first_token.get_or_insert_with(Instant::now);
+        self.generated += 1;
+        self.tokens.push(sampled.id);
+        self.last = Some(sampled);
+    }
+
+    /// Streams the text of the token just sampled, decides whether the sequence ends, and
+    /// reports the token.
     pub(super) fn accept(
         &mut self,
         tokenizer: &Tokenizer,
-        sampled: SampledToken,
         index: usize,
         on_event: &mut dyn FnMut(usize, super::Event<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
-        let now = Instant::now();
-        self.first_token.get_or_insert(now);
-        self.generated += 1;
+        let Some(sampled) = self.last.take() else { return Ok(()) };
         let id = sampled.id;
-        self.tokens.push(id);
         let mut finish = self.sampler.finish_reason(id, self.generated);
         if finish.is_none() && self.tokens.len() >= self.tokens.capacity() {
             finish = Some(FinishReason::Length); // the context is full
@@ -242,7 +253,11 @@ impl Sequence {
         let first = self.first_token.unwrap_or(now);
         let completion = Completion {
             finish_reason: self.finish.unwrap_or(FinishReason::Stop),
-            usage: Usage { prompt_tokens: self.n_prompt, cached_tokens: self.n_reused, completion_tokens: self.generated },
+            usage: Usage {
+                prompt_tokens: self.n_prompt,
+                cached_tokens: self.n_reused,
+                completion_tokens: self.generated,
+            },
             timings: Timings { prefill: first - started, decode: now - first },
             text: std::mem::take(&mut self.text),
         };
@@ -278,7 +293,12 @@ impl Engine {
     /// Makes `seq` continue from `ids` (for example a whole chat re-rendered with a new turn):
     /// the KV of the longest common prefix with the sequence's tokens is kept, the rest is
     /// dropped, and generation restarts with fresh `params`.
-    pub fn extend_sequence(&mut self, seq: &mut Sequence, ids: Vec<u32>, params: SamplingParams) -> Result<()> {
+    pub fn extend_sequence(
+        &mut self,
+        seq: &mut Sequence,
+        ids: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<()> {
         let common = seq.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         // keep at least one token to compute, so there are logits to sample from
         let keep = common.min(seq.n_cached).min(ids.len().saturating_sub(1));

@@ -170,16 +170,6 @@ impl Model {
             rope_full.iter_mut().chain(rope_local.iter_mut()).for_each(round);
             round(&mut embed_scale);
         }
-        Ok(Model {
-            spec,
-            embed,
-            embed_scale,
-            lm_head,
-            layers,
-            final_norm,
-            rope_full,
-            rope_local,
-            config: cfg,
-        })
+        Ok(Model { embed, embed_scale, lm_head, layers, final_norm, rope_full, rope_local, config: cfg })
     }
 }

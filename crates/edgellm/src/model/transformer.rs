@@ -4,7 +4,6 @@
 //! → output projection (→ post-norm) + residual → rmsnorm → fused gate/up → act·mul → down
 //! (→ post-norm) + residual. Then the final norm and the LM head for the requested rows only.
 
-use super::arch::ArchSpec;
 use super::ForwardBatch;
 use crate::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use crate::backend::cpu::{matmul, ops, Matrix};
@@ -31,7 +30,6 @@ pub(crate) struct Layer {
 pub struct Model {
     /// What the model is.
     pub config: ModelConfig,
-    pub(crate) spec: ArchSpec,
     pub(crate) embed: Matrix, // [vocab, hidden]
     pub(crate) embed_scale: f32,
     pub(crate) lm_head: Option<Matrix>, // [vocab, hidden]; None: tied to `embed`

@@ -77,8 +77,24 @@ pub struct SampledToken {
 pub enum FinishReason {
     /// A stop token or stop string (`"stop"`).
     Stop,
-    /// `max_tokens` reached (`"length"`).
+    /// `max_tokens` reached, or the context is full (`"length"`).
     Length,
+    /// The caller stopped the sequence (`"cancelled"`).
+    Cancelled,
+    /// The engine could not go on (no KV blocks left) (`"error"`).
+    Error,
+}
+
+impl FinishReason {
+    /// The name clients see (OpenAI's `finish_reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
 }
 
 /// One request's sampler: the processors its [`SamplingParams`] turn on, their scratch buffers and
