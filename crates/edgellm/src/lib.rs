@@ -9,6 +9,7 @@
 
 pub mod config;
 mod error;
+pub mod registry;
 pub mod source;
 
 pub use config::ModelConfig;
