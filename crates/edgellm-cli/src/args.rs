@@ -1,0 +1,46 @@
+//! The command line: global options and one subcommand. Each subcommand's own arguments live
+//! next to its code in `commands/<name>.rs`; adding a command is one file there plus one variant
+//! here and one arm in `commands::run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+const ABOUT: &str = "edgellm: run LLMs from GGUF files or HF checkpoints on CPUs and NVIDIA GPUs";
+
+const LONG_ABOUT: &str = "\
+edgellm: run LLMs from GGUF files or HF checkpoints on CPUs and NVIDIA GPUs.
+
+A model is named by a registry name (see `edgellm models`; `edgellm pull NAME` downloads it), \
+the path of a GGUF file, or an HF checkpoint directory (config.json + *.safetensors).";
+
+const AFTER_HELP: &str = "\
+Models are stored under $EDGELLM_HOME/models/<name>/model.gguf (default ~/.cache/edgellm).
+
+Examples:
+  edgellm models                          list the known models and which are downloaded
+  edgellm pull qwen2.5-coder-0.5b-instruct  download and verify a model";
+
+/// `edgellm [OPTIONS] <COMMAND>`.
+#[derive(Debug, Parser)]
+#[command(name = "edgellm", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Where models are stored [default: ~/.cache/edgellm]
+    #[arg(long, global = true, env = "EDGELLM_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One variant per file in `commands/`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download a model from the registry, assemble and verify it
+    Pull(commands::pull::PullArgs),
+    /// List the registry's models and which of them are downloaded
+    Models(commands::models::ModelsArgs),
+}
