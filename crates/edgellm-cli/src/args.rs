@@ -20,6 +20,13 @@ const AFTER_HELP: &str = "\
 Models are stored under $EDGELLM_HOME/models/<name>/model.gguf (default ~/.cache/edgellm).
 
 Examples:
+  edgellm run -p \"Write a Python function that reverses a string.\"
+                                          answer with the default model (pulled on first use)
+  edgellm chat gemma-3-270m               chat with another registry model
+  edgellm run ./model.gguf --raw -p \"def fib(n):\" -n 64 --json
+  edgellm eval ppl --text license.txt     perplexity of the default model on a text
+  edgellm tokenize qwen2.5-coder-0.5b-instruct \"hello world\" --json
+  edgellm inspect ./model.gguf            metadata and tensor table
   edgellm models                          list the known models and which are downloaded
   edgellm pull qwen2.5-coder-0.5b-instruct  download and verify a model";
 
@@ -43,4 +50,14 @@ pub enum Command {
     Pull(commands::pull::PullArgs),
     /// List the registry's models and which of them are downloaded
     Models(commands::models::ModelsArgs),
+    /// Generate text from a prompt (streams to stdout, timings on stderr)
+    Run(commands::run::RunArgs),
+    /// Chat interactively; earlier turns' KV is kept, not recomputed
+    Chat(commands::chat::ChatArgs),
+    /// Evaluate a model (perplexity)
+    Eval(commands::eval::EvalArgs),
+    /// Print the token ids (and pieces) of a text
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Print a GGUF or safetensors file's metadata and tensor table
+    Inspect(commands::inspect::InspectArgs),
 }

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod engine_args;
 mod progress;
 
 use std::process::ExitCode;

@@ -1,12 +1,19 @@
 //! One file per subcommand: its clap `Args` struct and `fn run(args, &Context)`.
 
+pub mod chat;
+pub mod eval;
+pub mod inspect;
 pub mod models;
 pub mod pull;
+pub mod run;
+pub mod tokenize;
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use edgellm::registry::ModelStore;
+use edgellm::registry::{ModelStore, PullOptions};
+
+use crate::progress::PullBars;
 
 use crate::args::{Args, Command};
 
@@ -33,6 +40,19 @@ impl Context {
     pub fn store(&self) -> ModelStore {
         ModelStore::new(&self.home)
     }
+
+    /// The file or directory a model argument names: a registry name (pulled when absent), a
+    /// GGUF file or an HF checkpoint directory; no argument means the registry's default model.
+    pub fn resolve_model(&self, spec: Option<&str>) -> Result<PathBuf> {
+        let store = self.store();
+        let spec = spec.unwrap_or(&store.registry().default_model().name).to_string();
+        let mut bars = PullBars::new(&spec);
+        let resolved = store
+            .resolve(&spec, Some((&PullOptions::default(), &mut bars)))
+            .with_context(|| format!("model `{spec}`"))?;
+        bars.finish();
+        Ok(resolved.path().to_path_buf())
+    }
 }
 
 /// Runs the command `args` names.
@@ -41,5 +61,12 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Pull(a) => pull::run(a, &ctx),
         Command::Models(a) => models::run(a, &ctx),
+        Command::Run(a) => run::run(&a, &ctx.resolve_model(a.model.as_deref())?),
+        Command::Chat(a) => chat::run(&a, &ctx.resolve_model(a.model.as_deref())?),
+        Command::Eval(a) => match &a.what {
+            eval::EvalCommand::Ppl(p) => eval::ppl(p, &ctx.resolve_model(p.model.as_deref())?),
+        },
+        Command::Tokenize(a) => tokenize::run(&a, &ctx.resolve_model(Some(&a.model))?),
+        Command::Inspect(a) => inspect::run(&a),
     }
 }

@@ -1,0 +1,89 @@
+//! `edgellm inspect FILE`: a GGUF or safetensors file's metadata and tensor table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use edgellm::source::gguf::{GgufFile, GgufValue};
+use edgellm::source::safetensors::SafetensorsSource;
+use edgellm::source::{TensorInfo, WeightSource};
+
+/// Arguments of `edgellm inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A .gguf file, a .safetensors file, or an HF checkpoint directory
+    pub file: PathBuf,
+    /// Show every element of long metadata arrays (default: the first 8)
+    #[arg(long)]
+    pub full: bool,
+    /// Leave out the tensor table
+    #[arg(long)]
+    pub no_tensors: bool,
+}
+
+/// Prints the file's description.
+pub fn run(args: &InspectArgs) -> Result<()> {
+    let path = &args.file;
+    let is_gguf = std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut magic = [0u8; 4];
+            std::io::Read::read_exact(&mut f, &mut magic).map(|()| &magic == b"GGUF")
+        })
+        .unwrap_or(false);
+    let tensors = if is_gguf {
+        let g = GgufFile::open(path)?;
+        println!(
+            "{}: GGUF v{}, alignment {}, {} metadata keys",
+            path.display(),
+            g.version(),
+            g.alignment(),
+            g.metadata().len()
+        );
+        for (key, value) in g.metadata() {
+            println!("  {key:<44} {}", show(value, if args.full { usize::MAX } else { 8 }));
+        }
+        g.tensor_infos()
+    } else {
+        let src = SafetensorsSource::open(path)
+            .with_context(|| format!("{} is neither GGUF nor safetensors", path.display()))?;
+        println!("{}: safetensors, {} shard(s)", path.display(), src.shard_paths().len());
+        src.tensor_infos()
+    };
+    if !args.no_tensors {
+        print_tensors(&tensors);
+    }
+    Ok(())
+}
+
+fn show(value: &GgufValue, max_items: usize) -> String {
+    match value {
+        GgufValue::String(s) if s.len() > 120 && max_items != usize::MAX => {
+            format!("{:?}… ({} bytes)", s.chars().take(100).collect::<String>(), s.len())
+        }
+        GgufValue::String(s) => format!("{s:?}"),
+        GgufValue::Array(a) => {
+            let shown: Vec<String> =
+                (0..a.len().min(max_items)).filter_map(|i| a.get(i)).map(|v| show(&v, max_items)).collect();
+            let more = if a.len() > max_items {
+                format!(", … ({} {})", a.len(), a.elem_type_name())
+            } else {
+                String::new()
+            };
+            format!("[{}{more}]", shown.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn print_tensors(tensors: &[TensorInfo]) {
+    let total: usize = tensors.iter().map(TensorInfo::numel).sum();
+    println!("{} tensors, {:.1} M parameters", tensors.len(), total as f64 / 1e6);
+    for t in tensors {
+        println!(
+            "  {:<48} {:<10} {:?}",
+            t.name,
+            format!("{:?}", t.dtype).replace("Ggml(", "").replace(')', ""),
+            t.shape
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Flags shared by every command that runs a model (`run`, `chat`, `eval`, `bench`, `serve`):
+//! which model, how the engine runs, how tokens are sampled.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use edgellm::engine::{Engine, EngineConfig};
+use edgellm::source::DType;
+use edgellm::SamplingParams;
+
+/// How the engine runs.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Worker threads (0: one per core).
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
+    /// Longest sequence, prompt plus generated tokens (0: the model's limit, at most 4096).
+    #[arg(short = 'c', long = "ctx", default_value_t = 0)]
+    pub max_context: usize,
+    /// Weight storage on the CPU: f32 (exact), bf16 or f16 (half the memory, faster decode).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
+    /// Most tokens per forward pass (prompt chunk size).
+    #[arg(long, default_value_t = 512)]
+    pub batch_tokens: usize,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe, for at most `max_seqs` sequences at once.
+    pub fn config(&self, max_seqs: usize) -> EngineConfig {
+        let weight_dtype = match self.dtype.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        EngineConfig {
+            threads: self.threads,
+            max_context: self.max_context,
+            max_batch_tokens: self.batch_tokens,
+            max_seqs,
+            weight_dtype,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Loads `model` (already resolved to a file or directory), reporting the load time on stderr.
+    pub fn load(&self, model: &std::path::Path, max_seqs: usize) -> Result<Engine> {
+        let engine = Engine::load(model, self.config(max_seqs))
+            .with_context(|| format!("loading {}", model.display()))?;
+        eprintln!(
+            "loaded {} in {:.2} s ({:.0} MB of weights, {} threads)",
+            model.display(),
+            engine.load_time().as_secs_f64(),
+            engine.model().weight_bytes() as f64 / 1e6,
+            engine.config().threads,
+        );
+        Ok(engine)
+    }
+}
+
+/// How tokens are chosen.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Divide the logits of tokens already present by this (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Subtract this from the logits of tokens already generated (OpenAI presence penalty).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtract this times the count of each generated token (OpenAI frequency penalty).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Bias a token's logit: `ID=BIAS`, repeatable.
+    #[arg(long = "logit-bias", value_name = "ID=BIAS")]
+    pub logit_bias: Vec<String>,
+    /// RNG seed: the same seed gives the same tokens.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Stop before this text (repeatable); it is never printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Report the log-probabilities of the N most likely tokens at each step (with --json).
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// The sampling parameters, validated.
+    pub fn params(&self) -> Result<SamplingParams> {
+        let mut logit_bias = std::collections::BTreeMap::new();
+        for item in &self.logit_bias {
+            let (id, bias) =
+                item.split_once('=').with_context(|| format!("--logit-bias `{item}`: expected ID=BIAS"))?;
+            let id: u32 =
+                id.trim().parse().with_context(|| format!("--logit-bias `{item}`: bad token id"))?;
+            let bias: f32 =
+                bias.trim().parse().with_context(|| format!("--logit-bias `{item}`: bad bias"))?;
+            logit_bias.insert(id, bias);
+        }
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias,
+            seed: self.seed,
+            max_tokens: Some(self.max_tokens),
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            ..SamplingParams::default()
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
