@@ -159,12 +159,25 @@ impl Engine {
     }
 
     /// One step: the batched forward pass and sampling ([`Engine::forward_step`]), then text
-    /// streaming, stop checks and events for each sequence that received a token.
-    fn step(
+    /// streaming, stop checks and events for each sequence that received a token. Finished
+    /// sequences in `seqs` are skipped, so a scheduler can call this in a loop, adding and
+    /// removing sequences between steps (continuous batching). Call it inside
+    /// [`Engine::thread_pool`]'s `install` to avoid a cross-thread injection per step.
+    pub fn step(
         &mut self,
         seqs: &mut [&mut Sequence],
         on_event: &mut dyn FnMut(usize, Event<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
+        if seqs.len() > self.cfg.max_seqs {
+            return Err(Error::Invalid {
+                what: "batch",
+                why: format!("{} sequences exceed max_seqs = {}", seqs.len(), self.cfg.max_seqs),
+            });
+        }
+        let now = Instant::now();
+        for seq in seqs.iter_mut() {
+            seq.start(now);
+        }
         self.forward_step(seqs)?;
         for k in 0..self.step.failed.len() {
             let i = self.step.failed[k];

@@ -171,6 +171,16 @@ impl Sequence {
         &self.tokens[self.n_prompt..]
     }
 
+    /// Whether the sequence has finished (its completion has been reported).
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Tokens whose KV is in the cache.
+    pub fn n_cached(&self) -> usize {
+        self.n_cached
+    }
+
     /// The completion, once finished.
     pub fn completion(&self) -> Option<&Completion> {
         self.completion.as_ref()
