@@ -27,16 +27,14 @@ pub struct PplArgs {
     /// The text file to score.
     #[arg(long)]
     pub text: std::path::PathBuf,
-    /// Tokens per window (each window is scored independently; default: the whole text, up to
-    /// the engine's context).
-    #[arg(long)]
-    pub ctx: Option<usize>,
     /// Prepend BOS to each window even for models that do not add it by default.
     #[arg(long)]
     pub bos: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Engine flags; `--ctx N` is also the window: the text is scored in independent windows of
+    /// N tokens (default: the whole text, up to the model's context or 4096).
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -45,17 +43,11 @@ pub struct PplArgs {
 pub fn ppl(args: &PplArgs, model: &std::path::Path) -> Result<()> {
     let text =
         std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
-    let mut engine_args = args.engine.clone();
-    let probe_ctx = args.ctx.unwrap_or(0);
-    if engine_args.max_context == 0 && probe_ctx > 0 {
-        engine_args.max_context = probe_ctx;
-    }
-    let mut engine = engine_args.load(model, 1)?;
+    let mut engine = args.engine.load(model, 1)?;
     let tokenizer = engine.tokenizer();
     let add_bos = args.bos || tokenizer.adds_bos();
     let mut tokens = tokenizer.encode(&text, false)?;
-    let ctx =
-        args.ctx.unwrap_or_else(|| (tokens.len() + add_bos as usize).min(engine.config().max_context()));
+    let ctx = (tokens.len() + add_bos as usize).min(engine.config().max_context());
     if add_bos {
         // one BOS at the start of every window, as the model saw text in training
         let bos = tokenizer.bos_id().context("--bos: the model has no BOS token")?;
