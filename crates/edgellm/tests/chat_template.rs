@@ -1,48 +1,24 @@
 //! Chat templates rendered byte-for-byte like HF transformers: the Qwen2.5 GGUF's template over the
 //! golden chat cases, the tiny fixtures' `chat_template.jinja`, tools and tool calls, errors.
 
-use std::path::PathBuf;
+mod common;
 
 use edgellm::source::gguf::GgufFile;
 use edgellm::tokenizer::{ChatMessage, ChatTemplate, FunctionCall, Tokenizer, ToolCall};
 use edgellm::Error;
 use serde_json::{json, Value};
 
-fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
-}
-
-fn read_json(path: PathBuf) -> Value {
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// `$EDGELLM_HOME/models/<name>/model.gguf`; `None` (with a message) when absent, unless `CI` is set.
-fn model_path(name: &str) -> Option<PathBuf> {
-    let home = std::env::var_os("EDGELLM_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/edgellm")
-    });
-    let path = home.join("models").join(name).join("model.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{} missing (CI must download it)", path.display());
-    }
-    eprintln!("skipping: {} not found", path.display());
-    None
-}
-
 /// The Qwen2.5 GGUF's `tokenizer.chat_template`, through its tokenizer.
 fn qwen_template() -> Option<ChatTemplate> {
-    let file = GgufFile::open(model_path("qwen2.5-coder-0.5b-instruct")?).unwrap();
+    let file = GgufFile::open(common::model_gguf("qwen2.5-coder-0.5b-instruct")?).unwrap();
     Tokenizer::from_gguf(&file).unwrap().chat_template_renderer().unwrap()
 }
 
 #[test]
 fn qwen_gguf_template_renders_golden_prompts() {
     let Some(template) = qwen_template() else { return };
-    let golden = read_json(shared().join("golden/qwen2.5-coder-0.5b-instruct/golden.json"));
+    let golden =
+        common::read_json(common::shared_dir().join("golden/qwen2.5-coder-0.5b-instruct/golden.json"));
     let mut n = 0;
     for case in golden["cases"].as_array().unwrap().iter().filter(|c| c["chat"] == true) {
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
@@ -85,10 +61,10 @@ fn qwen_gguf_template_tools_and_tool_calls() {
 fn tiny_fixture_templates_render_golden_chat() {
     let messages = [ChatMessage::system("You are terse."), ChatMessage::user("Grant of copyright license?")];
     for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"] {
-        let dir = shared().join("fixtures").join(name);
+        let dir = common::shared_dir().join("fixtures").join(name);
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         let template = tokenizer.chat_template_renderer().unwrap().expect("fixture has a template");
-        let golden = read_json(dir.join("golden.json"));
+        let golden = common::read_json(dir.join("golden.json"));
         let case = golden["cases"].as_array().unwrap().iter().find(|c| c["name"] == "chat").unwrap();
         let text = template.render(&messages, true, None).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap(), "{name}");

@@ -1,7 +1,8 @@
 //! Tokenizer against reference ids: the tiny fixtures' `tokenizer.json` and the real Qwen2.5 and
 //! Gemma 3 GGUF vocabularies (reference ids from HF transformers), plus streaming detokenization.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -11,38 +12,13 @@ use edgellm::ModelConfig;
 use proptest::prelude::*;
 use serde_json::Value;
 
-fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
-}
-
-fn read_json(path: PathBuf) -> Value {
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// `$EDGELLM_HOME/models/<name>/model.gguf`; `None` (with a message) when absent, unless `CI` is set.
-fn model_path(name: &str) -> Option<PathBuf> {
-    let home = std::env::var_os("EDGELLM_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/edgellm")
-    });
-    let path = home.join("models").join(name).join("model.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{} missing (CI must download it)", path.display());
-    }
-    eprintln!("skipping: {} not found", path.display());
-    None
-}
-
 /// The tokenizer of a pulled GGUF model, timing its construction.
 fn load_gguf(name: &str) -> Option<Tokenizer> {
-    let file = GgufFile::open(model_path(name)?).unwrap();
+    let file = GgufFile::open(common::model_gguf(name)?).unwrap();
     let start = Instant::now();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     eprintln!("{name}: tokenizer built from GGUF metadata in {:?}", start.elapsed());
@@ -63,7 +39,7 @@ fn gemma() -> Option<&'static Tokenizer> {
 }
 
 fn golden(name: &str) -> Value {
-    read_json(shared().join("golden").join(name).join("golden.json"))
+    common::read_json(common::shared_dir().join("golden").join(name).join("golden.json"))
 }
 
 /// Every `tokenizer_cases` entry (no special tokens added) and every case's `prompt_ids`.
@@ -85,14 +61,14 @@ fn check_golden(tokenizer: &Tokenizer, golden: &Value) {
 const TINY: [&str; 4] = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"];
 
 fn tiny(name: &str) -> Tokenizer {
-    Tokenizer::from_file(shared().join("fixtures").join(name).join("tokenizer.json")).unwrap()
+    Tokenizer::from_file(common::shared_dir().join("fixtures").join(name).join("tokenizer.json")).unwrap()
 }
 
 #[test]
 fn tiny_fixtures_prompt_ids() {
     for name in TINY {
         let tokenizer = tiny(name);
-        let golden = read_json(shared().join("fixtures").join(name).join("golden.json"));
+        let golden = common::read_json(common::shared_dir().join("fixtures").join(name).join("golden.json"));
         for case in golden["cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
             let expected = ids(&case["prompt_ids"]);
@@ -140,14 +116,17 @@ fn gemma_gguf_matches_reference_ids() {
 #[test]
 fn perplexity_texts_have_the_reference_token_counts() {
     if let Some(t) = qwen() {
-        let text =
-            std::fs::read_to_string(shared().join("golden").join(QWEN).join("ppl-apache-1024.txt")).unwrap();
+        let text = std::fs::read_to_string(
+            common::shared_dir().join("golden").join(QWEN).join("ppl-apache-1024.txt"),
+        )
+        .unwrap();
         // golden.json: "over exactly the tokens of ppl-apache-1024.txt (1,024 tokens)".
         assert_eq!(t.encode(&text, false).unwrap().len(), 1024);
     }
     if let Some(t) = gemma() {
         let text =
-            std::fs::read_to_string(shared().join("golden").join(GEMMA).join("ppl-apache.txt")).unwrap();
+            std::fs::read_to_string(common::shared_dir().join("golden").join(GEMMA).join("ppl-apache.txt"))
+                .unwrap();
         let start = Instant::now();
         let ids = t.encode(&text, true).unwrap();
         eprintln!("gemma: {} bytes -> {} tokens in {:?}", text.len(), ids.len(), start.elapsed());
@@ -178,7 +157,7 @@ fn gemma_gguf_special_tokens() {
 #[test]
 fn gguf_tokenizer_agrees_with_model_config() {
     for name in [QWEN, GEMMA] {
-        let Some(path) = model_path(name) else { continue };
+        let Some(path) = common::model_gguf(name) else { continue };
         let file = GgufFile::open(path).unwrap();
         let config = ModelConfig::from_gguf(&file).unwrap();
         let tokenizer = if name == QWEN { qwen() } else { gemma() }.unwrap();

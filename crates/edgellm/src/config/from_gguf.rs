@@ -4,25 +4,8 @@
 
 use super::{Activation, Architecture, LayerAttention, ModelConfig, RopeScaling};
 use crate::source::gguf::{GgufFile, GgufValue};
+use crate::tokenizer::END_OF_GENERATION;
 use crate::{Error, Result};
-
-/// Token texts that end generation wherever they appear in a vocabulary, as in llama.cpp's
-/// end-of-generation scan (`llama-vocab.cpp`). Qwen2.5 instruct stops at `<|im_end|>` and at
-/// `<|endoftext|>`; Gemma at `<eos>` and `<end_of_turn>`; Llama 3 at `<|eot_id|>` and `<|eom_id|>`.
-const EOG_TOKEN_TEXTS: [&str; 12] = [
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-];
 
 /// Gemma 3 GGUFs do not store the attention pattern: like llama.cpp, every 6th layer is global
 /// and the others slide.
@@ -240,7 +223,7 @@ fn eos_token_ids(k: &Keys<'_>) -> Result<Vec<u32>> {
     }
     if let Some(tokens) = k.g.get_str_array("tokenizer.ggml.tokens") {
         for (id, text) in tokens.iter().enumerate() {
-            if EOG_TOKEN_TEXTS.contains(&text.as_str()) {
+            if END_OF_GENERATION.contains(&text.as_str()) {
                 let id = u32::try_from(id).map_err(|_| k.err("tokenizer.ggml.tokens", "over 2^32 tokens"))?;
                 if !ids.contains(&id) {
                     ids.push(id);

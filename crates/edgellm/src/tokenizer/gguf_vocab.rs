@@ -80,8 +80,10 @@ pub struct GgufVocab {
 }
 
 /// Token texts that end generation wherever they appear in a vocabulary, as in llama.cpp's
-/// end-of-generation scan; the same list as `ModelConfig::from_gguf`'s, so that both agree.
-const END_OF_GENERATION: [&str; 12] = [
+/// end-of-generation scan (`llama-vocab.cpp`). Qwen2.5 instruct stops at `<|im_end|>` and at
+/// `<|endoftext|>`; Gemma at `<eos>` and `<end_of_turn>`; Llama 3 at `<|eot_id|>` and
+/// `<|eom_id|>`. `ModelConfig::from_gguf` uses the same list, so config and tokenizer agree.
+pub(crate) const END_OF_GENERATION: [&str; 12] = [
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub use chat_template::{ChatMessage, ChatTemplate, FunctionCall, MessageContent, ToolCall};
 pub use gguf_vocab::GgufVocab;
+pub(crate) use gguf_vocab::END_OF_GENERATION;
 pub use stream::DecodeStream;
 
 use crate::source::gguf::GgufFile;

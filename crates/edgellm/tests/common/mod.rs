@@ -36,6 +36,12 @@ pub fn model_gguf(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// A JSON file, parsed.
+pub fn read_json(path: PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
 /// Largest |a - b| and its index.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     assert_eq!(a.len(), b.len());
