@@ -54,6 +54,8 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Chat interactively; earlier turns' KV is kept, not recomputed
     Chat(commands::chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API
+    Serve(commands::serve::ServeArgs),
     /// Evaluate a model (perplexity)
     Eval(commands::eval::EvalArgs),
     /// Print the token ids (and pieces) of a text

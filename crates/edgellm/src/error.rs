@@ -119,6 +119,20 @@ pub enum Error {
         /// Blocks free.
         free: usize,
     },
+    /// The scheduler's queue is full; the request was not accepted.
+    #[error("server busy: {waiting} requests are waiting (limit {limit}); retry later")]
+    Busy {
+        /// Requests waiting when this one arrived.
+        waiting: usize,
+        /// The queue's limit.
+        limit: usize,
+    },
+    /// A forward step failed while the request was running.
+    #[error("generation failed: {0}")]
+    Generation(String),
+    /// The scheduler thread has stopped (shut down or panicked).
+    #[error("the scheduler has stopped")]
+    SchedulerStopped,
 }
 
 /// `Result` with the engine's [`Error`].

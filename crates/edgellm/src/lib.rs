@@ -15,6 +15,7 @@ pub mod kv;
 pub mod model;
 pub mod registry;
 pub mod sampling;
+pub mod scheduler;
 pub mod source;
 pub mod tokenizer;
 

@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod models;
 pub mod pull;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Models(a) => models::run(a, &ctx),
         Command::Run(a) => run::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Chat(a) => chat::run(&a, &ctx.resolve_model(a.model.as_deref())?),
+        Command::Serve(a) => serve::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Eval(a) => match &a.what {
             eval::EvalCommand::Ppl(p) => eval::ppl(p, &ctx.resolve_model(p.model.as_deref())?),
         },
