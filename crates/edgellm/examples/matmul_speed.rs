@@ -1,18 +1,24 @@
-//! Quick matmul throughput probe at Qwen2.5-0.5B decode and prefill shapes.
+//! Matmul throughput at Qwen2.5-0.5B shapes: `cargo run --release -p edgellm --example matmul_speed`.
 use edgellm::backend::cpu::{matmul, Matrix};
 use edgellm::source::DType;
 use std::time::Instant;
 
 fn main() {
     for dtype in [DType::F32, DType::BF16] {
-        for (m, n, k) in [(1, 1152, 896), (1, 9728, 896), (1, 896, 4864), (1, 151936, 896), (128, 9728, 896)]
-        {
+        for (m, n, k) in [
+            (1, 9728, 896),
+            (4, 9728, 896),
+            (8, 9728, 896),
+            (16, 9728, 896),
+            (32, 9728, 896),
+            (128, 9728, 896),
+        ] {
             let w =
                 Matrix::from_f32(n, k, (0..n * k).map(|i| (i % 17) as f32 * 0.01).collect()).converted(dtype);
             let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
             let mut out = vec![0f32; m * n];
             matmul(&x, m, &w, &mut out);
-            let iters = if m == 1 { 50 } else { 5 };
+            let iters = 20;
             let t = Instant::now();
             for _ in 0..iters {
                 matmul(&x, m, &w, &mut out);

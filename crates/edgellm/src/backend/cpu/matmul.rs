@@ -3,14 +3,15 @@
 //!
 //! Two regimes: few activation rows (decode) are memory-bound — each output element is one dot
 //! product over contiguous memory, work split over chunks of weight rows so the weights stream
-//! once. Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
+//! once, each weight row meeting every activation row while it is in L1. (A four-rows-at-once
+//! `dot4` kernel was tried first: 7× slower than four `dot` calls at m = 4 — it did not vectorize.) Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
 //! `gemm` crate, runtime-dispatched AVX2/AVX-512/NEON); half-precision weights are widened to
 //! f32 one slab of rows at a time for it.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::simd::{dot, dot4, Element};
+use super::simd::{dot, Element};
 use super::SharedMut;
 
 /// Element storage of a weight matrix.
@@ -85,7 +86,12 @@ const ROWS_PER_TASK: usize = 16;
 pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     assert_eq!(x.len(), m * w.cols, "matmul: x is not [m, cols]");
     assert_eq!(out.len(), m * w.rows, "matmul: out is not [m, rows]");
-    if m >= GEMM_MIN_ROWS {
+    let gemm_min_rows = match w.data {
+        MatrixData::F32(_) => GEMM_MIN_ROWS,
+        // widening the weights to f32 for the GEMM costs a full pass over them
+        _ => GEMM_MIN_ROWS_WIDENED,
+    };
+    if m >= gemm_min_rows {
         return gemm_rows(x, m, w, out);
     }
     match &w.data {
@@ -95,8 +101,12 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     }
 }
 
-/// From this many activation rows on, the blocked GEMM beats one dot product per output.
+/// From this many activation rows on, the blocked GEMM beats one dot product per output (f32
+/// weights: 8.5 ms vs 12 ms at 8×9728×896 on the 2-core VM; `examples/matmul_speed.rs`).
 const GEMM_MIN_ROWS: usize = 8;
+
+/// The same for half-precision weights, which must be widened to f32 for the GEMM.
+const GEMM_MIN_ROWS_WIDENED: usize = 32;
 
 /// Weight rows widened to f32 per GEMM call for half-precision weights (bounds the temporary).
 const WIDEN_ROWS: usize = 1024;
@@ -158,23 +168,12 @@ fn matmul_typed<W: Element>(x: &[f32], m: usize, n: usize, k: usize, w: &[W], ou
     let n_tasks = n.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(|task| {
         let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
-        let mut i = 0;
-        while i + 4 <= m {
-            let xs = [0, 1, 2, 3].map(|r| &x[(i + r) * k..(i + r + 1) * k]);
-            for j in rows.clone() {
-                let v = dot4(xs, &w[j * k..(j + 1) * k]);
-                for r in 0..4 {
-                    // SAFETY: (i + r, j) is in bounds, and column j belongs to this task alone.
-                    unsafe { out_ptr.write((i + r) * n + j, v[r]) };
-                }
-            }
-            i += 4;
-        }
-        for i in i..m {
-            let xi = &x[i * k..(i + 1) * k];
-            for j in rows.clone() {
+        for j in rows {
+            // one weight row stays in L1 while every activation row meets it
+            let wj = &w[j * k..(j + 1) * k];
+            for i in 0..m {
                 // SAFETY: (i, j) is in bounds, and column j belongs to this task alone.
-                unsafe { out_ptr.write(i * n + j, dot(xi, &w[j * k..(j + 1) * k])) };
+                unsafe { out_ptr.write(i * n + j, dot(&x[i * k..(i + 1) * k], wj)) };
             }
         }
     });

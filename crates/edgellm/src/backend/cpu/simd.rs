@@ -52,34 +52,6 @@ fn dot_generic<W: Element>(x: &[f32], w: &[W]) -> f32 {
     reduce(acc) + tail
 }
 
-/// Four dot products sharing one weight row: the weight is read once for four activation rows.
-#[inline(always)]
-fn dot4_generic<W: Element>(x: [&[f32]; 4], w: &[W]) -> [f32; 4] {
-    let n = w.len();
-    let mut acc = [[0f32; LANES]; 4];
-    let full = n - n % LANES;
-    let mut i = 0;
-    while i < full {
-        let ws = &w[i..i + LANES];
-        for r in 0..4 {
-            let xs = &x[r][i..i + LANES];
-            for l in 0..LANES {
-                acc[r][l] = xs[l].mul_add(ws[l].to_f32(), acc[r][l]);
-            }
-        }
-        i += LANES;
-    }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        let mut tail = 0f32;
-        for j in full..n {
-            tail = x[r][j].mul_add(w[j].to_f32(), tail);
-        }
-        out[r] = reduce(acc[r]) + tail;
-    }
-    out
-}
-
 #[inline(always)]
 fn reduce(acc: [f32; LANES]) -> f32 {
     let mut v = acc;
@@ -100,11 +72,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot<W: Element>(x: &[f32], w: &[W]) -> f32 {
         dot_generic(x, w)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4<W: Element>(x: [&[f32]; 4], w: &[W]) -> [f32; 4] {
-        dot4_generic(x, w)
     }
 }
 
@@ -130,17 +97,6 @@ pub fn dot<W: Element>(x: &[f32], w: &[W]) -> f32 {
     dot_generic(x, w)
 }
 
-/// Four dot products of four activation rows with one weight row.
-#[inline]
-pub fn dot4<W: Element>(x: [&[f32]; 4], w: &[W]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports every feature the function enables (checked above).
-        return unsafe { x86::dot4(x, w) };
-    }
-    dot4_generic(x, w)
-}
-
 /// `y[i] += a · x[i]` (the accumulate step of attention's weighted value sum).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -163,8 +119,6 @@ mod tests {
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let naive_b: f32 = x.iter().zip(&wb).map(|(a, b)| a * b.to_f32()).sum();
             assert!((dot(&x, &wb) - naive_b).abs() < 1e-4, "bf16 n={n}");
-            let r = dot4([&x, &x, &x, &x], &w);
-            assert!(r.iter().all(|v| (v - naive).abs() < 1e-4), "dot4 n={n}");
         }
     }
 }
