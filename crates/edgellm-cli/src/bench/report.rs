@@ -71,22 +71,25 @@ fn rows(records: &[Record], profile: bool) -> (Vec<String>, Vec<Vec<String>>) {
     (head, body)
 }
 
-/// An aligned text table: text columns left-aligned, numbers right-aligned.
+/// An aligned text table: text columns left-aligned, numeric columns right-aligned.
 pub fn table(head: &[String], body: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..head.len())
         .map(|c| {
             body.iter().map(|r| r[c].chars().count()).chain([head[c].chars().count()]).max().unwrap_or(0)
         })
         .collect();
+    // a column is numeric (right-aligned, header included) when any of its cells is a number
+    let numeric: Vec<bool> = (0..head.len())
+        .map(|c| body.iter().any(|r| r[c].starts_with(|ch: char| ch.is_ascii_digit())))
+        .collect();
     let line = |cells: &[String]| {
         let mut out = String::new();
         for (c, cell) in cells.iter().enumerate() {
             let pad = widths[c] - cell.chars().count();
-            let numeric = cell.starts_with(|ch: char| ch.is_ascii_digit());
             if c > 0 {
                 out.push_str("  ");
             }
-            if numeric {
+            if numeric[c] {
                 out.push_str(&" ".repeat(pad));
                 out.push_str(cell);
             } else {
@@ -158,7 +161,8 @@ mod tests {
         );
         // right-aligned numeric columns end at the same place as their header
         let end = lines[0].find("TTFT ms").unwrap() + "TTFT ms".len();
-        assert!(lines[1][..end].ends_with(')'), "{text}");
+        let row: String = lines[1].chars().take(end).collect();
+        assert!(row.ends_with(')') && !lines[1].chars().nth(end).unwrap().is_ascii_digit(), "{text}");
         let md = records(&[record(1, 10.0)], false, true);
         assert!(md.starts_with("| model |") && md.lines().nth(1).unwrap().starts_with("|---|"));
     }
