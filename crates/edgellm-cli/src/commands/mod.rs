@@ -1,5 +1,6 @@
 //! One file per subcommand: its clap `Args` struct and `fn run(args, &Context)`.
 
+pub mod bench;
 pub mod chat;
 pub mod eval;
 pub mod inspect;
@@ -61,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     let ctx = Context::from_args(&args)?;
     match args.command {
         Command::Pull(a) => pull::run(a, &ctx),
+        Command::Bench(a) => bench::run(&a, &ctx),
         Command::Models(a) => models::run(a, &ctx),
         Command::Run(a) => run::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Chat(a) => chat::run(&a, &ctx.resolve_model(a.model.as_deref())?),

@@ -63,6 +63,33 @@ impl Engine {
         Self::from_parts(model, source.tokenizer, cfg, pool, start)
     }
 
+    /// Builds an engine from weights already opened (for example
+    /// [`crate::source::synthetic::SyntheticSource`]) and `config`. Without a tokenizer, a
+    /// stand-in of the model's vocabulary size is used ([`Tokenizer::synthetic`]): prompts must
+    /// then be [`super::Prompt::Ids`], and generated text is the ids' stand-in pieces.
+    pub fn from_source(
+        config: ModelConfig,
+        weights: &dyn WeightSource,
+        tokenizer: Option<Tokenizer>,
+        cfg: EngineConfig,
+    ) -> Result<Engine> {
+        let start = Instant::now();
+        let cfg = cfg.resolve(&config)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .build()
+            .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => {
+                Tokenizer::synthetic(config.vocab_size, config.bos_token_id, config.eos_token_ids.clone())?
+            }
+        };
+        let opts = LoadOptions { weight_dtype: cfg.weight_dtype };
+        let model = pool.install(|| Model::load(weights, config, opts))?;
+        Self::from_parts(model, tokenizer, cfg, pool, start)
+    }
+
     fn from_parts(
         model: Model,
         tokenizer: Tokenizer,

@@ -248,6 +248,16 @@ impl Model {
         ops::add_inplace(x, h);
     }
 
+    /// Bytes of weights one decode step streams from memory: every layer matrix and the LM head.
+    /// The embedding table counts only when it is also the LM head (tied); otherwise a step
+    /// gathers just one row of it per token. Norm weights and biases are left out (< 0.1%).
+    pub fn streamed_weight_bytes(&self) -> usize {
+        let m = |m: &Matrix| m.size_bytes();
+        let layers: usize =
+            self.layers.iter().map(|l| m(&l.wqkv) + m(&l.wo) + m(&l.w_gate_up) + m(&l.w_down)).sum();
+        layers + m(self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
     /// Bytes of all weights.
     pub fn weight_bytes(&self) -> usize {
         let m = |m: &Matrix| m.size_bytes();

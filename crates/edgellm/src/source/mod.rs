@@ -1,11 +1,13 @@
 //! Readers of model sources: GGUF files (`gguf`, with the ggml block formats in `ggml`), HF
-//! safetensors checkpoints (`safetensors`) and HF directories (`hf`). Each exposes its tensors
+//! safetensors checkpoints (`safetensors`) and HF directories (`hf`), plus random weights of a
+//! given shape for benchmarks (`synthetic`). Each exposes its tensors
 //! through [`WeightSource`], in row-major shape order (outermost dimension first, as HF and PyTorch
 //! write them; GGUF's innermost-first dims are reversed on read).
 
 pub mod ggml;
 pub mod gguf;
 pub mod safetensors;
+pub mod synthetic;
 
 use std::path::Path;
 

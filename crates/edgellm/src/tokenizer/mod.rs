@@ -102,6 +102,28 @@ impl Tokenizer {
         Ok(tokenizer)
     }
 
+    /// A stand-in vocabulary of `n_vocab` word-level tokens (`t0`, `t1`, …; text is the pieces
+    /// joined by spaces) for models without a tokenizer, such as synthetic benchmark weights: the
+    /// engine can stream and detokenize any id, and `eos_ids` end generation as usual.
+    pub fn synthetic(n_vocab: usize, bos_id: Option<u32>, eos_ids: Vec<u32>) -> Result<Self> {
+        let vocab: serde_json::Map<String, Value> =
+            (0..n_vocab).map(|i| (format!("t{i}"), Value::from(i as u64))).collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+        });
+        let inner: tokenizers::Tokenizer =
+            json.to_string().parse().map_err(|e| Error::Tokenizer(format!("synthetic tokenizer: {e}")))?;
+        Ok(Self::assemble(inner, bos_id, eos_ids, None))
+    }
+
     fn from_hf(inner: tokenizers::Tokenizer, side: SideConfig) -> Result<Self> {
         let id = |token: &Option<String>| token.as_deref().and_then(|t| inner.token_to_id(t));
         let bos_id = id(&side.bos_token);
