@@ -58,7 +58,7 @@ impl Engine {
             .num_threads(cfg.threads)
             .build()
             .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
-        let opts = LoadOptions { weight_dtype: cfg.weight_dtype };
+        let opts = LoadOptions { weight_format: cfg.weight_format };
         let model = pool.install(|| Model::load(source.weights.as_ref(), source.config.clone(), opts))?;
         Self::from_parts(model, source.tokenizer, cfg, pool, start)
     }
