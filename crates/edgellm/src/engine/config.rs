@@ -52,7 +52,7 @@ impl EngineConfig {
             );
         }
         if let WeightFormat::Int4 { group } = self.weight_format {
-            if group == 0 || group % crate::quant::int4::CHUNK != 0 {
+            if group == 0 || !group.is_multiple_of(crate::quant::int4::CHUNK) {
                 return invalid(
                     "weight format",
                     format!("int4 group {group} is not a positive multiple of 64"),

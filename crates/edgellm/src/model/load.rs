@@ -146,7 +146,7 @@ impl Model {
     pub fn load(src: &dyn WeightSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model> {
         let scheme = if src.tensor_info("token_embd.weight").is_some() { Scheme::Gguf } else { Scheme::Hf };
         let spec = ArchSpec::of(cfg.architecture);
-        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
             return Err(Error::Config {
                 source_name: src.path().display().to_string(),
                 field: "num_key_value_heads".into(),

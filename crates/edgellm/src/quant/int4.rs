@@ -22,7 +22,7 @@ pub const DEFAULT_GROUP: usize = 128;
 
 /// Whether a `[_, cols]` matrix can be stored with this group size.
 pub fn fits(cols: usize, group: usize) -> bool {
-    group > 0 && group % CHUNK == 0 && cols % group == 0
+    group > 0 && group.is_multiple_of(CHUNK) && cols.is_multiple_of(group)
 }
 
 /// Quantizes a row-major `[rows, cols]` matrix: `(q, scales)`. Panics unless

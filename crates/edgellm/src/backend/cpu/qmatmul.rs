@@ -92,7 +92,7 @@ impl QActs {
     fn quantize(&mut self, x: &[f32], m: usize, k: usize, group: usize) {
         debug_assert_eq!(k % QK, 0);
         let nb = k / QK;
-        let ng = if group > 0 { k / group } else { 0 };
+        let ng = k.checked_div(group).unwrap_or(0);
         (self.k, self.group) = (k, group);
         self.q.resize(m * k, 0);
         self.scale.resize(m * nb, 0.0);
@@ -116,7 +116,7 @@ impl QActs {
 
     fn row(&self, i: usize) -> ActRow<'_> {
         let (k, nb) = (self.k, self.k / QK);
-        let ng = if self.group > 0 { k / self.group } else { 0 };
+        let ng = k.checked_div(self.group).unwrap_or(0);
         ActRow {
             q: &self.q[i * k..(i + 1) * k],
             scale: &self.scale[i * nb..(i + 1) * nb],
