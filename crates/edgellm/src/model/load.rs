@@ -16,7 +16,8 @@ use crate::{Error, Result};
 pub struct LoadOptions {
     /// Storage of the matrices: `F32` (exact), `BF16` or `F16` (half the memory and bandwidth),
     /// `Int8` or `Int4` (quantized at load; the embedding table then stays bf16 for the row
-    /// gather, and a tied LM head gets a quantized copy of its own).
+    /// gather, a tied LM head gets a quantized copy of its own, and the LM head is int8 under
+    /// `Int4`).
     pub weight_format: WeightFormat,
 }
 
@@ -159,17 +160,24 @@ impl Model {
         let ld = Loader { src, cfg: &cfg, scheme, spec, opts };
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let format = opts.weight_format;
+        // the LM head decides every token: int4 weights keep it in int8 (llama.cpp likewise keeps
+        // `output.weight` at a higher precision than the layers): Qwen2.5-Coder-0.5B perplexity
+        // 4.82 instead of 4.98 with an int4 head, for 64 MB more
+        let head_format = match format {
+            WeightFormat::Int4 { .. } => WeightFormat::Int8,
+            f => f,
+        };
         let embed = ld.fused_f32(&[(Key::Embed, 0, vocab)], hidden)?;
         let mut lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
-            Some(ld.fused(&[(Key::LmHead, 0, vocab)], hidden)?)
+            Some(ld.fused_f32(&[(Key::LmHead, 0, vocab)], hidden)?.converted(head_format))
         } else {
             None
         };
         let embed = if format.is_quantized() {
             // the tied LM head is the largest matrix read per decode step: a quantized copy
-            // halves (int8) or quarters (int4) its bytes against the bf16 table the gather uses
+            // halves its bytes against the bf16 table the gather uses
             if lm_head.is_none() {
-                lm_head = Some(embed.clone().converted(format));
+                lm_head = Some(embed.clone().converted(head_format));
             }
             embed.converted(WeightFormat::BF16)
         } else {
