@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use edgellm::engine::{Engine, EngineConfig};
-use edgellm::source::DType;
+use edgellm::quant::WeightFormat;
 use edgellm::SamplingParams;
 
 /// How the engine runs.
@@ -16,9 +16,10 @@ pub struct EngineArgs {
     /// Longest sequence, prompt plus generated tokens (0: the model's limit, at most 4096).
     #[arg(short = 'c', long = "ctx", default_value_t = 0)]
     pub max_context: usize,
-    /// Weight storage on the CPU: f32 (exact), bf16 or f16 (half the memory, faster decode).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: String,
+    /// Weight storage on the CPU: f32 (exact), bf16 or f16 (half the memory, faster decode),
+    /// int8 (per-channel) or int4 (groups of 128; int4-gN for groups of N), quantized at load.
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightFormat,
     /// Most tokens per forward pass (prompt chunk size).
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
@@ -27,17 +28,12 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The engine configuration these flags describe, for at most `max_seqs` sequences at once.
     pub fn config(&self, max_seqs: usize) -> EngineConfig {
-        let weight_dtype = match self.dtype.as_str() {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
         EngineConfig {
             threads: self.threads,
             max_context: self.max_context,
             max_batch_tokens: self.batch_tokens,
             max_seqs,
-            weight_dtype,
+            weight_format: self.dtype,
             ..EngineConfig::default()
         }
     }

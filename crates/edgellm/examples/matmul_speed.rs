@@ -1,15 +1,17 @@
 //! Matmul throughput at Qwen2.5-0.5B shapes: `cargo run --release -p edgellm --example matmul_speed`.
 use edgellm::backend::cpu::{matmul, Matrix};
-use edgellm::source::DType;
+use edgellm::quant::WeightFormat;
 use std::time::Instant;
 
 fn main() {
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [WeightFormat::F32, WeightFormat::BF16, WeightFormat::Int8, WeightFormat::INT4] {
         for (m, n, k) in [
+            (1, 1152, 896),
             (1, 9728, 896),
+            (1, 896, 4864),
+            (1, 151936, 896),
             (4, 9728, 896),
             (8, 9728, 896),
-            (16, 9728, 896),
             (32, 9728, 896),
             (128, 9728, 896),
         ] {

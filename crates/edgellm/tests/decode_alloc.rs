@@ -7,6 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use edgellm::engine::{Engine, EngineConfig, Prompt, Sequence};
+use edgellm::quant::WeightFormat;
 use edgellm::SamplingParams;
 
 /// Counts heap allocations while `COUNTING` is set.
@@ -43,9 +44,28 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 const PROMPTS: [&str; 4] =
     ["Licensed under the Apache License", "the quick brown fox", "fn main() {}", "a b c d e f g"];
 
+/// Serializes the tests: the allocation counter is global.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn decode_steps_do_not_allocate() {
-    let cfg = EngineConfig { max_seqs: 4, max_context: 256, threads: 2, ..Default::default() };
+    decode_steps_do_not_allocate_with(WeightFormat::F32);
+}
+
+// int8/int4 weights quantize the activations into a per-thread buffer, reused once warm
+#[test]
+fn decode_steps_do_not_allocate_int8() {
+    decode_steps_do_not_allocate_with(WeightFormat::Int8);
+}
+
+#[test]
+fn decode_steps_do_not_allocate_int4() {
+    decode_steps_do_not_allocate_with(WeightFormat::INT4);
+}
+
+fn decode_steps_do_not_allocate_with(weight_format: WeightFormat) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = EngineConfig { max_seqs: 4, max_context: 256, threads: 2, weight_format, ..Default::default() };
     let mut engine = Engine::load(&common::fixture("tiny-llama"), cfg).unwrap();
     let mut seqs: Vec<Sequence> = PROMPTS
         .iter()
@@ -76,6 +96,6 @@ fn decode_steps_do_not_allocate() {
     assert_eq!(
         ALLOCATIONS.load(Ordering::Relaxed),
         0,
-        "heap allocations in 100 decode steps of a batch of 4"
+        "heap allocations in 100 decode steps of a batch of 4 ({weight_format} weights)"
     );
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use edgellm::engine::{Engine, EngineConfig};
+use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
-use edgellm::source::DType;
 use edgellm::ModelConfig;
 
 use super::Context;
@@ -50,8 +50,8 @@ pub struct BenchArgs {
     /// Batch sizes: sequences generated at once (comma-separated sweep).
     #[arg(short = 'b', long = "batch", value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
-    /// Weight precisions (comma-separated sweep).
-    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    /// Weight formats (comma-separated sweep): f32, bf16, f16, int8, int4, int4-gN.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_format)]
     pub dtype: Vec<String>,
     /// Devices (comma-separated sweep; only the CPU exists so far).
     #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = ["cpu"])]
@@ -199,6 +199,11 @@ fn name(subject: &Subject) -> &str {
 }
 
 /// An engine sized for the largest configuration of the sweep.
+/// Checks a `--dtype` entry, keeping its spelling for the report.
+fn parse_format(s: &str) -> Result<String, String> {
+    s.parse::<WeightFormat>().map(|_| s.to_string())
+}
+
 fn load(subject: &Subject, dtype: &str, threads: usize, args: &BenchArgs) -> Result<Engine> {
     let max = |v: &[usize]| v.iter().copied().max().unwrap_or(1);
     let (p, n, b) = (max(&args.prompt_tokens), max(&args.gen_tokens), max(&args.batch));
@@ -211,11 +216,7 @@ fn load(subject: &Subject, dtype: &str, threads: usize, args: &BenchArgs) -> Res
         max_seqs: b,
         max_context: p + n + 1,
         max_batch_tokens: batch_tokens,
-        weight_dtype: match dtype {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        },
+        weight_format: dtype.parse::<WeightFormat>().map_err(anyhow::Error::msg)?,
         ..EngineConfig::default()
     };
     match subject {

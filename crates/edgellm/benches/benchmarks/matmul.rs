@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use edgellm::backend::cpu::{matmul, Matrix};
-use edgellm::source::DType;
+use edgellm::quant::WeightFormat;
 
 use super::values;
 
@@ -17,7 +17,12 @@ const SHAPES: [(&str, usize, usize); 5] = [
 ];
 
 fn bench(c: &mut Criterion) {
-    for (dtype, name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
+    for (dtype, name) in [
+        (WeightFormat::F32, "f32"),
+        (WeightFormat::BF16, "bf16"),
+        (WeightFormat::Int8, "int8"),
+        (WeightFormat::INT4, "int4"),
+    ] {
         let mut g = c.benchmark_group(format!("matmul/gemv/{name}"));
         for (label, rows, cols) in SHAPES {
             let w = Matrix::from_f32(rows, cols, values(rows * cols, 1)).converted(dtype);

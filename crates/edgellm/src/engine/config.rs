@@ -1,6 +1,6 @@
 //! `EngineConfig`: how the engine runs — threads, batch limits, KV pool size, weight storage.
 
-use crate::source::DType;
+use crate::quant::WeightFormat;
 use crate::{Error, ModelConfig, Result};
 
 /// How the engine runs. Build it from flags or a file, then [`EngineConfig::resolve`] it
@@ -19,8 +19,8 @@ pub struct EngineConfig {
     pub kv_tokens: usize,
     /// Positions per KV block.
     pub kv_block_size: usize,
-    /// Storage of weight matrices: `F32`, `BF16` or `F16`.
-    pub weight_dtype: DType,
+    /// Storage of weight matrices: `F32`, `BF16`, `F16`, `Int8` or `Int4`.
+    pub weight_format: WeightFormat,
 }
 
 impl Default for EngineConfig {
@@ -32,7 +32,7 @@ impl Default for EngineConfig {
             max_context: 0,
             kv_tokens: 0,
             kv_block_size: 16,
-            weight_dtype: DType::F32,
+            weight_format: WeightFormat::F32,
         }
     }
 }
@@ -51,8 +51,13 @@ impl EngineConfig {
                 "max_batch_tokens, max_seqs and kv_block_size must be positive".into(),
             );
         }
-        if !matches!(self.weight_dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return invalid("weight dtype", format!("{:?} is not a CPU storage type", self.weight_dtype));
+        if let WeightFormat::Int4 { group } = self.weight_format {
+            if group == 0 || !group.is_multiple_of(crate::quant::int4::CHUNK) {
+                return invalid(
+                    "weight format",
+                    format!("int4 group {group} is not a positive multiple of 64"),
+                );
+            }
         }
         let model_max = model.max_position_embeddings.max(1);
         if self.max_context == 0 {

@@ -58,7 +58,7 @@ impl Engine {
             .num_threads(cfg.threads)
             .build()
             .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
-        let opts = LoadOptions { weight_dtype: cfg.weight_dtype };
+        let opts = LoadOptions { weight_format: cfg.weight_format };
         let model = pool.install(|| Model::load(source.weights.as_ref(), source.config.clone(), opts))?;
         Self::from_parts(model, source.tokenizer, cfg, pool, start)
     }
@@ -85,7 +85,7 @@ impl Engine {
                 Tokenizer::synthetic(config.vocab_size, config.bos_token_id, config.eos_token_ids.clone())?
             }
         };
-        let opts = LoadOptions { weight_dtype: cfg.weight_dtype };
+        let opts = LoadOptions { weight_format: cfg.weight_format };
         let model = pool.install(|| Model::load(weights, config, opts))?;
         Self::from_parts(model, tokenizer, cfg, pool, start)
     }

@@ -7,19 +7,23 @@ use super::rope::inv_freq;
 use super::transformer::{Layer, Model};
 use crate::backend::cpu::Matrix;
 use crate::config::{LayerAttention, ModelConfig};
+use crate::quant::WeightFormat;
 use crate::source::{DType, WeightSource};
 use crate::{Error, Result};
 
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
-    /// Storage of the matrices: `F32` (exact), `BF16` or `F16` (half the memory and bandwidth).
-    pub weight_dtype: DType,
+    /// Storage of the matrices: `F32` (exact), `BF16` or `F16` (half the memory and bandwidth),
+    /// `Int8` or `Int4` (quantized at load; the embedding table then stays bf16 for the row
+    /// gather, a tied LM head gets a quantized copy of its own, and the LM head is int8 under
+    /// `Int4`).
+    pub weight_format: WeightFormat,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { weight_dtype: DType::F32 }
+        LoadOptions { weight_format: WeightFormat::F32 }
     }
 }
 
@@ -69,6 +73,11 @@ impl Loader<'_> {
     /// Several `[rows_i, cols]` matrices stacked into one `[Σ rows_i, cols]`, each dequantized
     /// straight into its place.
     fn fused(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
+        Ok(self.fused_f32(parts, cols)?.converted(self.opts.weight_format))
+    }
+
+    /// [`Self::fused`] kept in f32.
+    fn fused_f32(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
         let mut data = vec![0f32; parts.iter().map(|p| p.2).sum::<usize>() * cols];
         let mut at = 0;
         for &(key, layer, rows) in parts {
@@ -81,7 +90,7 @@ impl Loader<'_> {
             at += rows * cols;
         }
         let rows = data.len() / cols;
-        Ok(Matrix::from_f32(rows, cols, data).converted(self.opts.weight_dtype))
+        Ok(Matrix::from_f32(rows, cols, data))
     }
 
     fn layer(&self, i: usize) -> Result<Layer> {
@@ -138,7 +147,7 @@ impl Model {
     pub fn load(src: &dyn WeightSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model> {
         let scheme = if src.tensor_info("token_embd.weight").is_some() { Scheme::Gguf } else { Scheme::Hf };
         let spec = ArchSpec::of(cfg.architecture);
-        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
             return Err(Error::Config {
                 source_name: src.path().display().to_string(),
                 field: "num_key_value_heads".into(),
@@ -150,11 +159,29 @@ impl Model {
         }
         let ld = Loader { src, cfg: &cfg, scheme, spec, opts };
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = ld.fused(&[(Key::Embed, 0, vocab)], hidden)?;
-        let lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
-            Some(ld.fused(&[(Key::LmHead, 0, vocab)], hidden)?)
+        let format = opts.weight_format;
+        // the LM head decides every token: int4 weights keep it in int8 (llama.cpp likewise keeps
+        // `output.weight` at a higher precision than the layers): Qwen2.5-Coder-0.5B perplexity
+        // 4.82 instead of 4.98 with an int4 head, for 64 MB more
+        let head_format = match format {
+            WeightFormat::Int4 { .. } => WeightFormat::Int8,
+            f => f,
+        };
+        let embed = ld.fused_f32(&[(Key::Embed, 0, vocab)], hidden)?;
+        let mut lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
+            Some(ld.fused_f32(&[(Key::LmHead, 0, vocab)], hidden)?.converted(head_format))
         } else {
             None
+        };
+        let embed = if format.is_quantized() {
+            // the tied LM head is the largest matrix read per decode step: a quantized copy
+            // halves its bytes against the bf16 table the gather uses
+            if lm_head.is_none() {
+                lm_head = Some(embed.clone().converted(head_format));
+            }
+            embed.converted(WeightFormat::BF16)
+        } else {
+            embed.converted(format)
         };
         let layers = (0..cfg.num_hidden_layers).map(|i| ld.layer(i)).collect::<Result<Vec<_>>>()?;
         let final_norm = ld.norm(Key::FinalNorm, 0, hidden)?;

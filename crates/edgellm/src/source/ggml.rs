@@ -96,7 +96,7 @@ const BLOCKS_PER_TASK: usize = 4096;
 /// `bytes.len() / ty.type_size() * ty.block_size()` values.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let (block, size) = (ty.block_size(), ty.type_size());
-    if bytes.len() % size != 0 || bytes.len() / size * block != out.len() {
+    if !bytes.len().is_multiple_of(size) || bytes.len() / size * block != out.len() {
         return Err(Error::Invalid {
             what: "dequantize buffers",
             why: format!(

@@ -4,15 +4,19 @@
 //! Two regimes: few activation rows (decode) are memory-bound — each output element is one dot
 //! product over contiguous memory, work split over chunks of weight rows so the weights stream
 //! once, each weight row meeting every activation row while it is in L1. (A four-rows-at-once
-//! `dot4` kernel was tried first: 7× slower than four `dot` calls at m = 4 — it did not vectorize.) Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
+//! `dot4` kernel was tried first: 7× slower than four `dot` calls at m = 4 — it did not
+//! vectorize.) Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
 //! `gemm` crate, runtime-dispatched AVX2/AVX-512/NEON); half-precision weights are widened to
-//! f32 one slab of rows at a time for it.
+//! f32 one slab of rows at a time for it. int8 / int4 weights (`quant`) take the integer kernels
+//! of `qmatmul` for few rows and are dequantized one slab at a time for the GEMM.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::qmatmul::{matmul_quant, QK};
 use super::simd::{dot, Element};
 use super::SharedMut;
+use crate::quant::{int4, int8, WeightFormat};
 
 /// Element storage of a weight matrix.
 #[derive(Debug, Clone)]
@@ -23,6 +27,23 @@ pub enum MatrixData {
     BF16(Vec<bf16>),
     /// f16 elements.
     F16(Vec<f16>),
+    /// int8 per output channel: `q` `[rows, cols]`, `scales` `[rows]` (layout in `quant::int8`).
+    Int8 {
+        /// Values in `[-127, 127]`.
+        q: Vec<i8>,
+        /// One per row.
+        scales: Vec<f32>,
+    },
+    /// int4 in groups along the input: `q` `[rows, cols / 2]` packed, `scales`
+    /// `[rows, cols / group]` (layout in `quant::int4`).
+    Int4 {
+        /// Two biased nibbles per byte.
+        q: Vec<u8>,
+        /// One per (row, group).
+        scales: Vec<f32>,
+        /// Input features per scale.
+        group: usize,
+    },
 }
 
 /// A weight matrix `[rows, cols]`, row-major (`rows` = output features).
@@ -43,15 +64,30 @@ impl Matrix {
         Matrix { rows, cols, data: MatrixData::F32(data) }
     }
 
-    /// The same values stored in the given precision (`F32` keeps them as they are).
-    pub fn converted(self, dtype: crate::source::DType) -> Self {
-        use crate::source::DType;
-        let data = match (self.data, dtype) {
-            (MatrixData::F32(v), DType::BF16) => {
+    /// The same values stored in the given format (`F32` keeps them as they are). Quantized
+    /// formats need whole activation blocks: int4 falls back to int8 when its group does not
+    /// divide the columns, and int8 to bf16 when the columns are not a multiple of 32.
+    pub fn converted(self, format: WeightFormat) -> Self {
+        let (rows, cols) = (self.rows, self.cols);
+        let format = match format {
+            WeightFormat::Int4 { group } if !int4::fits(cols, group) => WeightFormat::Int8,
+            WeightFormat::Int8 if cols % QK != 0 => WeightFormat::BF16,
+            f => f,
+        };
+        let data = match (self.data, format) {
+            (MatrixData::F32(v), WeightFormat::BF16) => {
                 MatrixData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect())
             }
-            (MatrixData::F32(v), DType::F16) => {
+            (MatrixData::F32(v), WeightFormat::F16) => {
                 MatrixData::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+            }
+            (MatrixData::F32(v), WeightFormat::Int8) => {
+                let (q, scales) = int8::quantize(&v, rows, cols);
+                MatrixData::Int8 { q, scales }
+            }
+            (MatrixData::F32(v), WeightFormat::Int4 { group }) => {
+                let (q, scales) = int4::quantize(&v, rows, cols, group);
+                MatrixData::Int4 { q, scales, group }
             }
             (data, _) => data,
         };
@@ -65,22 +101,30 @@ impl Matrix {
             MatrixData::F32(v) => out.copy_from_slice(&v[range]),
             MatrixData::BF16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, w)| *o = w.to_f32()),
             MatrixData::F16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, w)| *o = w.to_f32()),
+            MatrixData::Int8 { q, scales } => int8::dequantize_row(&q[range], scales[r], out),
+            MatrixData::Int4 { q, scales, group } => {
+                let ng = self.cols / group;
+                let qr = &q[r * self.cols / 2..(r + 1) * self.cols / 2];
+                int4::dequantize_row(qr, &scales[r * ng..(r + 1) * ng], *group, out)
+            }
         }
     }
 
     /// Bytes the elements occupy.
     pub fn size_bytes(&self) -> usize {
-        let elem = match self.data {
-            MatrixData::F32(_) => 4,
-            MatrixData::BF16(_) | MatrixData::F16(_) => 2,
-        };
-        self.rows * self.cols * elem
+        match &self.data {
+            MatrixData::F32(v) => v.len() * 4,
+            MatrixData::BF16(v) => v.len() * 2,
+            MatrixData::F16(v) => v.len() * 2,
+            MatrixData::Int8 { q, scales } => q.len() + scales.len() * 4,
+            MatrixData::Int4 { q, scales, .. } => q.len() + scales.len() * 4,
+        }
     }
 }
 
 /// Weight rows per parallel task: small enough to spread 900-row matrices over the threads,
 /// large enough that a task's rows stay in L2 while the activation rows stream past.
-const ROWS_PER_TASK: usize = 16;
+pub(super) const ROWS_PER_TASK: usize = 16;
 
 /// `out[m, w.rows] = x[m, w.cols] · wᵀ`.
 pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
@@ -98,6 +142,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
         MatrixData::F32(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
         MatrixData::BF16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
         MatrixData::F16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
+        MatrixData::Int8 { .. } | MatrixData::Int4 { .. } => matmul_quant(x, m, w, out),
     }
 }
 
@@ -130,6 +175,13 @@ fn gemm_rows(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
             MatrixData::F16(v) => {
                 widened.clear();
                 widened.extend(v[row * k..(row + rows) * k].iter().map(|h| h.to_f32()));
+                &widened
+            }
+            MatrixData::Int8 { .. } | MatrixData::Int4 { .. } => {
+                widened.resize(rows * k, 0.0);
+                for (r, dst) in widened.chunks_exact_mut(k).enumerate() {
+                    w.row_into(row + r, dst);
+                }
                 &widened
             }
         };
@@ -200,11 +252,11 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
             let want = naive(&x, m, &w, n, k);
-            for dtype in [crate::source::DType::F32, crate::source::DType::BF16] {
+            for dtype in [WeightFormat::F32, WeightFormat::BF16] {
                 let mat = Matrix::from_f32(n, k, w.clone()).converted(dtype);
                 let mut out = vec![0f32; m * n];
                 matmul(&x, m, &mat, &mut out);
-                let tol = if dtype == crate::source::DType::F32 { 1e-4 } else { 0.05 };
+                let tol = if dtype == WeightFormat::F32 { 1e-4 } else { 0.05 };
                 for (a, b) in out.iter().zip(&want) {
                     assert!((a - b).abs() < tol, "{m}x{n}x{k} {dtype:?}: {a} vs {b}");
                 }

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod matmul;
 pub mod ops;
+pub mod qmatmul;
 pub mod simd;
 
 pub use matmul::{matmul, Matrix, MatrixData};

@@ -1,0 +1,500 @@
+//! Decode-time matmul over int8 / int4 weights (`quant::int8`, `quant::int4`): each activation
+//! row is quantized to int8 in blocks of [`QK`] = 32 (symmetric, one f32 scale per block, like
+//! llama.cpp's q8_0), then every output is an integer dot product scaled per block.
+//!
+//! - int8 weights: `Σ_b xs_b · Σ_{i∈b} xq_i·wq_i`, times the row's scale.
+//! - int4 weights are stored biased (`u = w + 8`, unsigned), which is what the unsigned×signed
+//!   instructions want: `Σ u·x = Σ w·x + 8·Σ x`, and the activation block sums `Σ x` are
+//!   computed once per call (`gsum`, per weight group) and subtracted per row.
+//!
+//! Instruction sets ([`QLevel`]), chosen at run time: AVX-512 VNNI (`vpdpbusd`, 64 bytes per
+//! instruction; int8 weights use |x| and x's sign moved onto w), AVX2 (`vpmaddubsw` +
+//! `vpmaddwd`, the same sign trick), and a portable scalar fallback that is also the reference the
+//! SIMD levels are tested against. Work is split over chunks of weight rows with rayon, as in
+//! `matmul`. The quantized activations live in a per-thread buffer that grows at first use and is
+//! reused, so a warm decode step does not allocate.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::matmul::{Matrix, MatrixData, ROWS_PER_TASK};
+use super::SharedMut;
+use crate::quant::int8;
+
+/// Activation quantization block (elements per activation scale).
+pub const QK: usize = 32;
+
+/// Instruction set of the quantized dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QLevel {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 + FMA (x86-64).
+    Avx2,
+    /// AVX-512 F/BW + VNNI (x86-64).
+    Avx512Vnni,
+}
+
+impl QLevel {
+    /// Every level, fastest last.
+    pub const ALL: [QLevel; 3] = [QLevel::Scalar, QLevel::Avx2, QLevel::Avx512Vnni];
+
+    /// Whether this CPU can run the level.
+    pub fn supported(self) -> bool {
+        match self {
+            QLevel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            QLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            QLevel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && QLevel::Avx2.supported()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest supported level (detected once).
+    pub fn best() -> QLevel {
+        use std::sync::OnceLock;
+        static BEST: OnceLock<QLevel> = OnceLock::new();
+        *BEST.get_or_init(|| QLevel::ALL.into_iter().rev().find(|l| l.supported()).unwrap_or(QLevel::Scalar))
+    }
+}
+
+/// `m` activation rows quantized to int8 in blocks of [`QK`].
+#[derive(Default)]
+struct QActs {
+    k: usize,
+    group: usize,
+    q: Vec<i8>,       // [m, k]
+    scale: Vec<f32>,  // [m, k / QK]
+    scale8: Vec<f32>, // [m, k / QK * 8]: each block's scale repeated for the 8 i32 lanes of its sums
+    gsum: Vec<f32>,   // [m, k / group]: Σ_{b∈g} scale_b · Σ_{i∈b} q_i (int4 bias correction)
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+struct ActRow<'a> {
+    q: &'a [i8],
+    scale: &'a [f32],
+    scale8: &'a [f32],
+    gsum: &'a [f32],
+}
+
+impl QActs {
+    /// Quantizes `x: [m, k]`; `group` > 0 also computes the per-group sums int4 needs. Grows the
+    /// buffers only when `m · k` exceeds what they held before.
+    fn quantize(&mut self, x: &[f32], m: usize, k: usize, group: usize) {
+        debug_assert_eq!(k % QK, 0);
+        let nb = k / QK;
+        let ng = k.checked_div(group).unwrap_or(0);
+        (self.k, self.group) = (k, group);
+        self.q.resize(m * k, 0);
+        self.scale.resize(m * nb, 0.0);
+        self.scale8.resize(m * nb * 8, 0.0);
+        self.gsum.resize(m * ng, 0.0);
+        for b in 0..m * nb {
+            let s = int8::quantize_into(&x[b * QK..(b + 1) * QK], &mut self.q[b * QK..(b + 1) * QK]);
+            self.scale[b] = s;
+            self.scale8[b * 8..b * 8 + 8].fill(s);
+        }
+        for g in 0..m * ng {
+            let bpg = group / QK;
+            self.gsum[g] = (g * bpg..(g + 1) * bpg)
+                .map(|b| {
+                    let sum: i32 = self.q[b * QK..(b + 1) * QK].iter().map(|&v| v as i32).sum();
+                    sum as f32 * self.scale[b]
+                })
+                .sum();
+        }
+    }
+
+    fn row(&self, i: usize) -> ActRow<'_> {
+        let (k, nb) = (self.k, self.k / QK);
+        let ng = k.checked_div(self.group).unwrap_or(0);
+        ActRow {
+            q: &self.q[i * k..(i + 1) * k],
+            scale: &self.scale[i * nb..(i + 1) * nb],
+            scale8: &self.scale8[i * nb * 8..(i + 1) * nb * 8],
+            gsum: &self.gsum[i * ng..(i + 1) * ng],
+        }
+    }
+}
+
+thread_local! {
+    static ACTS: RefCell<QActs> = RefCell::new(QActs::default());
+}
+
+/// `out[m, w.rows] = x[m, w.cols] · wᵀ` for an int8 or int4 `w`, at the best level.
+pub(crate) fn matmul_quant(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    matmul_quant_at(QLevel::best(), x, m, w, out)
+}
+
+/// [`matmul_quant`] at a given level (which the CPU must support).
+pub fn matmul_quant_at(level: QLevel, x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    assert!(level.supported(), "{level:?} is not supported by this CPU");
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k, "matmul: x is not [m, cols]");
+    assert_eq!(out.len(), m * n, "matmul: out is not [m, rows]");
+    let group = match w.data {
+        MatrixData::Int4 { group, .. } => group,
+        MatrixData::Int8 { .. } => 0,
+        _ => panic!("matmul_quant: weights are not quantized"),
+    };
+    // taken out of the thread-local (not borrowed) so a nested call on this thread, from a task
+    // rayon steals while we wait, cannot hit a held borrow
+    let mut acts = ACTS.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    acts.quantize(x, m, k, group);
+    let out_ptr = SharedMut::new(out);
+    let n_tasks = n.div_ceil(ROWS_PER_TASK);
+    (0..n_tasks).into_par_iter().for_each(|task| {
+        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
+        for j in rows {
+            for i in 0..m {
+                let a = acts.row(i);
+                let v = match &w.data {
+                    MatrixData::Int8 { q, scales } => scales[j] * dot_i8(level, a, &q[j * k..(j + 1) * k]),
+                    MatrixData::Int4 { q, scales, group } => {
+                        let ng = k / group;
+                        let (wq, ws) = (&q[j * k / 2..(j + 1) * k / 2], &scales[j * ng..(j + 1) * ng]);
+                        dot_i4(level, a, wq, ws, *group)
+                    }
+                    _ => unreachable!("checked above"),
+                };
+                // SAFETY: (i, j) is in bounds of out [m, n], and column j belongs to this task alone.
+                unsafe { out_ptr.write(i * n + j, v) };
+            }
+        }
+    });
+    ACTS.with(|a| *a.borrow_mut() = acts);
+}
+
+/// `Σ_b scale_b · Σ_{i∈b} x_i · w_i` (the weight row's scale is applied by the caller).
+fn dot_i8(level: QLevel, a: ActRow, w: &[i8]) -> f32 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `matmul_quant_at` checked that the CPU supports the level's features.
+        QLevel::Avx2 => unsafe { x86::dot_i8_avx2(a, w) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QLevel::Avx512Vnni => unsafe { x86::dot_i8_vnni(a, w) },
+        _ => dot_i8_scalar(a, w),
+    }
+}
+
+/// One int4 weight row (`cols / 2` bytes, `cols / group` scales) against an activation row.
+fn dot_i4(level: QLevel, a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `matmul_quant_at` checked that the CPU supports the level's features.
+        QLevel::Avx2 => unsafe { x86::dot_i4_avx2(a, w, ws, group) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QLevel::Avx512Vnni => unsafe { x86::dot_i4_vnni(a, w, ws, group) },
+        _ => dot_i4_scalar(a, w, ws, group),
+    }
+}
+
+fn dot_i8_scalar(a: ActRow, w: &[i8]) -> f32 {
+    let mut acc = 0f32;
+    for (b, (xq, wq)) in a.q.chunks_exact(QK).zip(w.chunks_exact(QK)).enumerate() {
+        let s: i32 = xq.iter().zip(wq).map(|(&x, &w)| x as i32 * w as i32).sum();
+        acc += s as f32 * a.scale[b];
+    }
+    acc
+}
+
+fn dot_i4_scalar(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+    let mut acc = 0f32;
+    for (g, (gw, &s)) in w.chunks_exact(group / 2).zip(ws).enumerate() {
+        let mut gacc = 0f32;
+        for (c, cw) in gw.chunks_exact(32).enumerate() {
+            let base = g * group + c * 64;
+            let xq = &a.q[base..base + 64];
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for i in 0..32 {
+                lo += (cw[i] & 15) as i32 * xq[i] as i32;
+                hi += (cw[i] >> 4) as i32 * xq[i + 32] as i32;
+            }
+            let b = base / QK;
+            gacc += lo as f32 * a.scale[b] + hi as f32 * a.scale[b + 1];
+        }
+        acc += s * (gacc - 8.0 * a.gsum[g]);
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{ActRow, QK};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// The 8 partial sums of one 32-element int8 block, as f32.
+    ///
+    /// # Safety
+    /// `x` and `w` must be valid for reading 32 bytes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block_i8_avx2(x: *const i8, w: *const i8) -> __m256 {
+        // SAFETY: the caller guarantees 32 readable bytes at each pointer (unaligned loads).
+        let (x, w) = unsafe { (_mm256_loadu_si256(x.cast()), _mm256_loadu_si256(w.cast())) };
+        // |x| · (w with x's sign) = x · w; |x| ≤ 127 and w ≠ -128, so pairs fit in i16
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `w.len() == a.q.len()`, a multiple of [`QK`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_i8_avx2(a: ActRow, w: &[i8]) -> f32 {
+        debug_assert_eq!(w.len(), a.q.len());
+        let nb = w.len() / QK;
+        let (xp, wp) = (a.q.as_ptr(), w.as_ptr());
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 2 <= nb {
+            // SAFETY: blocks b and b + 1 lie within both slices (b + 2 ≤ nb).
+            let (p0, p1) = unsafe {
+                (
+                    block_i8_avx2(xp.add(b * QK), wp.add(b * QK)),
+                    block_i8_avx2(xp.add((b + 1) * QK), wp.add((b + 1) * QK)),
+                )
+            };
+            acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(a.scale[b]), acc0);
+            acc1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(a.scale[b + 1]), acc1);
+            b += 2;
+        }
+        if b < nb {
+            // SAFETY: block b lies within both slices.
+            let p = unsafe { block_i8_avx2(xp.add(b * QK), wp.add(b * QK)) };
+            acc0 = _mm256_fmadd_ps(p, _mm256_set1_ps(a.scale[b]), acc0);
+        }
+        hsum256(_mm256_add_ps(acc0, acc1))
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `w.len() * 2 == a.q.len()`, `ws.len() * group == a.q.len()`,
+    /// `group` a multiple of 64.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_i4_avx2(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+        debug_assert_eq!(w.len() * 2, a.q.len());
+        debug_assert_eq!(ws.len() * group, a.q.len());
+        let (xp, wp) = (a.q.as_ptr(), w.as_ptr());
+        let (nibble, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
+        let mut acc = _mm256_setzero_ps();
+        let mut corr = 0f32;
+        for (g, &s) in ws.iter().enumerate() {
+            let (mut g0, mut g1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for c in 0..group / 64 {
+                let e = g * group + c * 64;
+                // SAFETY: e + 64 ≤ a.q.len() and e / 2 + 32 ≤ w.len() by the length contract.
+                let (bytes, x0, x1) = unsafe {
+                    (
+                        _mm256_loadu_si256(wp.add(e / 2).cast()),
+                        _mm256_loadu_si256(xp.add(e).cast()),
+                        _mm256_loadu_si256(xp.add(e + 32).cast()),
+                    )
+                };
+                let lo = _mm256_and_si256(bytes, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+                // u ≤ 15 and |x| ≤ 127: pairs fit in i16
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), ones);
+                g0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(a.scale[e / QK]), g0);
+                g1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(a.scale[e / QK + 1]), g1);
+            }
+            acc = _mm256_fmadd_ps(_mm256_add_ps(g0, g1), _mm256_set1_ps(s), acc);
+            corr += s * a.gsum[g];
+        }
+        hsum256(acc) - 8.0 * corr
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VNNI; `w.len() == a.q.len()`, a multiple of [`QK`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_i8_vnni(a: ActRow, w: &[i8]) -> f32 {
+        debug_assert_eq!(w.len(), a.q.len());
+        let n = w.len();
+        let (xp, wp, sp) = (a.q.as_ptr(), w.as_ptr(), a.scale8.as_ptr());
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut e = 0;
+        while e + 64 <= n {
+            // SAFETY: e + 64 ≤ n = both slices' length; scale8 holds 8 floats per 32 elements,
+            // so e / 4 + 16 ≤ its length.
+            let (x, wv, sc) = unsafe {
+                (
+                    _mm512_loadu_si512(xp.add(e).cast()),
+                    _mm512_loadu_si512(wp.add(e).cast()),
+                    _mm512_loadu_ps(sp.add(e / 4)),
+                )
+            };
+            // |x| (unsigned) · (w negated where x < 0) = x · w; w ≠ -128
+            let sw = _mm512_mask_sub_epi8(wv, _mm512_movepi8_mask(x), zero, wv);
+            let d = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(x), sw);
+            let slot = &mut acc[(e / 64) & 1];
+            *slot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, *slot);
+            e += 64;
+        }
+        let mut r = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        if e < n {
+            // one block of 32 left
+            let s: i32 = a.q[e..].iter().zip(&w[e..]).map(|(&x, &w)| x as i32 * w as i32).sum();
+            r += s as f32 * a.scale[e / QK];
+        }
+        r
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VNNI; `w.len() * 2 == a.q.len()`,
+    /// `ws.len() * group == a.q.len()`, `group` a multiple of 64.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_i4_vnni(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+        debug_assert_eq!(w.len() * 2, a.q.len());
+        debug_assert_eq!(ws.len() * group, a.q.len());
+        let (xp, wp, sp) = (a.q.as_ptr(), w.as_ptr(), a.scale8.as_ptr());
+        let zero = _mm512_setzero_si512();
+        let nibble = _mm512_set1_epi8(0x0F);
+        // shift the upper copy of the 32 bytes by 4: low nibbles (elements 0..32) in the lower
+        // half, high nibbles (elements 32..64) in the upper half
+        let shifts = _mm512_inserti64x4(zero, _mm256_set1_epi16(4), 1);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut corr = 0f32;
+        for (g, &s) in ws.iter().enumerate() {
+            let sv = _mm512_set1_ps(s);
+            for c in 0..group / 64 {
+                let e = g * group + c * 64;
+                // SAFETY: e + 64 ≤ a.q.len(), e / 2 + 32 ≤ w.len() by the length contract, and
+                // scale8 holds 8 floats per 32 elements, so e / 4 + 16 ≤ its length.
+                let (bytes, x, sc) = unsafe {
+                    (
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(e / 2).cast())),
+                        _mm512_loadu_si512(xp.add(e).cast()),
+                        _mm512_loadu_ps(sp.add(e / 4)),
+                    )
+                };
+                let u = _mm512_and_si512(_mm512_srlv_epi16(bytes, shifts), nibble);
+                let d = _mm512_dpbusd_epi32(zero, u, x);
+                let slot = &mut acc[c & 1];
+                *slot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sc, sv), *slot);
+            }
+            corr += s * a.gsum[g];
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * corr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::WeightFormat;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, rng: &mut rand::rngs::StdRng) -> Vec<f32> {
+        // mostly small values with a few outliers, as in real activations and weights
+        (0..n)
+            .map(|_| if rng.gen_bool(0.01) { rng.gen_range(-8.0..8.0) } else { rng.gen_range(-1.0..1.0) })
+            .collect()
+    }
+
+    /// The f32 reference: the dequantized weights times the unquantized activations (f64 sums),
+    /// and the bound activation quantization puts on the difference:
+    /// `Σ_b (xs_b / 2) · Σ_{i∈b} |ŵ_i|`, since each activation moves by at most half its block's step.
+    fn reference(x: &[f32], m: usize, w: &Matrix) -> (Vec<f32>, Vec<f32>) {
+        let (n, k) = (w.rows, w.cols);
+        let (mut want, mut bound) = (vec![0f32; m * n], vec![0f32; m * n]);
+        let mut row = vec![0f32; k];
+        for j in 0..n {
+            w.row_into(j, &mut row);
+            for i in 0..m {
+                let xi = &x[i * k..(i + 1) * k];
+                want[i * n + j] = xi.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+                bound[i * n + j] = xi
+                    .chunks_exact(QK)
+                    .zip(row.chunks_exact(QK))
+                    .map(|(xb, wb)| {
+                        let half_step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0 / 2.0;
+                        half_step * wb.iter().map(|v| v.abs()).sum::<f32>()
+                    })
+                    .sum();
+            }
+        }
+        (want, bound)
+    }
+
+    const FORMATS: [WeightFormat; 3] =
+        [WeightFormat::Int8, WeightFormat::Int4 { group: 64 }, WeightFormat::Int4 { group: 128 }];
+
+    #[test]
+    fn every_level_within_the_activation_quantization_bound() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let levels: Vec<QLevel> = QLevel::ALL.into_iter().filter(|l| l.supported()).collect();
+        eprintln!("testing levels {levels:?}");
+        for (m, n, k) in [(1, 37, 128), (3, 20, 256), (7, 33, 896), (2, 5, 96)] {
+            let x = random(m * k, &mut rng);
+            let wf = random(n * k, &mut rng);
+            for format in FORMATS {
+                let w = Matrix::from_f32(n, k, wf.clone()).converted(format);
+                let (want, bound) = reference(&x, m, &w);
+                let mut scalar = vec![0f32; m * n];
+                matmul_quant_at(QLevel::Scalar, &x, m, &w, &mut scalar);
+                for &level in &levels {
+                    let mut out = vec![0f32; m * n];
+                    matmul_quant_at(level, &x, m, &w, &mut out);
+                    for e in 0..m * n {
+                        // float rounding of k products on top of the quantization bound
+                        let slack = 1e-5 * k as f32 * (1.0 + want[e].abs());
+                        let err = (out[e] - want[e]).abs();
+                        assert!(
+                            err <= bound[e] + slack,
+                            "{level:?} {format} {m}x{n}x{k} [{e}]: {} vs {} (err {err}, bound {})",
+                            out[e],
+                            want[e],
+                            bound[e]
+                        );
+                        // the same integer sums: levels differ from scalar only by f32 rounding
+                        assert!((out[e] - scalar[e]).abs() <= slack, "{level:?} vs scalar {format} [{e}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_rows_use_the_dequantized_weights() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (m, n, k) = (11, 1030, 128);
+        let x = random(m * k, &mut rng);
+        let wf = random(n * k, &mut rng);
+        for format in FORMATS {
+            let w = Matrix::from_f32(n, k, wf.clone()).converted(format);
+            let (want, _) = reference(&x, m, &w);
+            let mut out = vec![0f32; m * n];
+            super::super::matmul(&x, m, &w, &mut out);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{format}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn unfit_shapes_fall_back() {
+        let w = Matrix::from_f32(2, 96, vec![0.5; 192]).converted(WeightFormat::INT4);
+        assert!(matches!(w.data, MatrixData::Int8 { .. }), "96 columns do not hold a group of 128");
+        let w = Matrix::from_f32(2, 40, vec![0.5; 80]).converted(WeightFormat::Int8);
+        assert!(matches!(w.data, MatrixData::BF16(_)), "40 columns are not whole activation blocks");
+    }
+}

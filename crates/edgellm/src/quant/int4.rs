@@ -1,0 +1,106 @@
+//! int4 weights, symmetric in groups along the input dimension.
+//!
+//! Layout of a `[rows, cols]` matrix with group size `group` (a multiple of [`CHUNK`] that divides
+//! `cols`):
+//! - `scales: [rows, cols / group]` f32, row-major: `scales[r * (cols / group) + g]` =
+//!   `max |w[r, g·group .. (g+1)·group]| / 7`.
+//! - `q: [rows, cols / 2]` u8, row-major. Each run of [`CHUNK`] = 64 consecutive elements of a row
+//!   occupies 32 bytes: byte `i` of the run holds element `i` in its low nibble and element
+//!   `i + 32` in its high nibble, each stored biased as `value + 8` (so a nibble is `0..=15` and
+//!   the value `-8..=7`). Splitting 32 bytes into low and high nibbles therefore yields two runs of
+//!   32 elements in order — one 256-bit vector each, or one 512-bit vector together.
+//!
+//! Element `(r, c)` is `(nibble − 8) · scales[r, c / group]`. The quantizer emits `[-7, 7]` (the
+//! scale is `amax / 7`), so every element is within half a step of its original; `-8` decodes
+//! but is never produced.
+
+/// Elements per packing run (32 bytes).
+pub const CHUNK: usize = 64;
+
+/// Default input features per scale.
+pub const DEFAULT_GROUP: usize = 128;
+
+/// Whether a `[_, cols]` matrix can be stored with this group size.
+pub fn fits(cols: usize, group: usize) -> bool {
+    group > 0 && group.is_multiple_of(CHUNK) && cols.is_multiple_of(group)
+}
+
+/// Quantizes a row-major `[rows, cols]` matrix: `(q, scales)`. Panics unless
+/// [`fits`]`(cols, group)`.
+pub fn quantize(w: &[f32], rows: usize, cols: usize, group: usize) -> (Vec<u8>, Vec<f32>) {
+    assert_eq!(w.len(), rows * cols, "int4::quantize: data is not [rows, cols]");
+    assert!(fits(cols, group), "int4::quantize: group {group} does not fit {cols} columns");
+    let mut q = vec![0u8; rows * cols / 2];
+    let mut scales = vec![0f32; rows * cols / group];
+    let mut vals = [0i8; CHUNK];
+    for (gi, (gw, gq)) in w.chunks_exact(group).zip(q.chunks_exact_mut(group / 2)).enumerate() {
+        let amax = gw.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if amax == 0.0 { 0.0 } else { 7.0 / amax };
+        scales[gi] = amax / 7.0;
+        for (cw, cq) in gw.chunks_exact(CHUNK).zip(gq.chunks_exact_mut(CHUNK / 2)) {
+            for (v, x) in vals.iter_mut().zip(cw) {
+                *v = (x * inv).round().clamp(-7.0, 7.0) as i8;
+            }
+            for i in 0..CHUNK / 2 {
+                cq[i] = ((vals[i] + 8) as u8) | (((vals[i + 32] + 8) as u8) << 4);
+            }
+        }
+    }
+    (q, scales)
+}
+
+/// One row back to f32: `q` is the row's `cols / 2` bytes, `scales` its `cols / group` scales.
+pub fn dequantize_row(q: &[u8], scales: &[f32], group: usize, out: &mut [f32]) {
+    for (g, (gq, go)) in q.chunks_exact(group / 2).zip(out.chunks_exact_mut(group)).enumerate() {
+        let s = scales[g];
+        for (cq, co) in gq.chunks_exact(CHUNK / 2).zip(go.chunks_exact_mut(CHUNK)) {
+            for i in 0..CHUNK / 2 {
+                co[i] = ((cq[i] & 15) as i32 - 8) as f32 * s;
+                co[i + 32] = ((cq[i] >> 4) as i32 - 8) as f32 * s;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn error_within_half_a_step(
+            (rows, group, cols, w) in (1usize..5, 1usize..3, 1usize..4).prop_flat_map(|(r, g, n)| {
+                let (group, cols) = (g * CHUNK, g * CHUNK * n);
+                (Just(r), Just(group), Just(cols), proptest::collection::vec(-50f32..50.0, r * cols))
+            })
+        ) {
+            let (q, scales) = quantize(&w, rows, cols, group);
+            let groups = cols / group;
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                let sr = &scales[r * groups..(r + 1) * groups];
+                dequantize_row(&q[r * cols / 2..(r + 1) * cols / 2], sr, group, &mut row);
+                for c in 0..cols {
+                    let s = sr[c / group];
+                    let err = (row[c] - w[r * cols + c]).abs();
+                    prop_assert!(err <= s * 0.5 * (1.0 + 1e-4) + 1e-6, "({r},{c}): err {err}, scale {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_puts_i_and_i_plus_32_in_one_byte() {
+        // element c of a 64-run has value (c % 15) - 7, scale 1
+        let w: Vec<f32> = (0..CHUNK).map(|c| (c % 15) as f32 - 7.0).collect();
+        let mut w = w;
+        w[0] = 7.0; // amax 7 → scale 1
+        let (q, s) = quantize(&w, 1, CHUNK, CHUNK);
+        assert_eq!(s, vec![1.0]);
+        for i in 0..32 {
+            assert_eq!((q[i] & 15) as i32 - 8, w[i] as i32, "low nibble {i}");
+            assert_eq!((q[i] >> 4) as i32 - 8, w[i + 32] as i32, "high nibble {i}");
+        }
+    }
+}
