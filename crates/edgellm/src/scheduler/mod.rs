@@ -302,7 +302,10 @@ impl Loop {
                 }
             }
             Err(e) => {
+                // counted out before the client hears, so metrics never lag the error it sees
+                self.metrics.waiting.fetch_sub(1, Relaxed);
                 sink.send(RequestEvent::Error(e));
+                return;
             }
         }
         self.metrics.waiting.fetch_sub(1, Relaxed);

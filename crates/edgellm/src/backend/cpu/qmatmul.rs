@@ -443,7 +443,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let levels: Vec<QLevel> = QLevel::ALL.into_iter().filter(|l| l.supported()).collect();
         eprintln!("testing levels {levels:?}");
-        for (m, n, k) in [(1, 37, 128), (3, 20, 256), (7, 33, 896), (2, 5, 96)] {
+        for (m, n, k) in [(1, 37, 128), (3, 20, 256), (7, 33, 896), (2, 5, 96), (12, 19, 256)] {
             let x = random(m * k, &mut rng);
             let wf = random(n * k, &mut rng);
             for format in FORMATS {
@@ -476,7 +476,8 @@ mod tests {
     #[test]
     fn prefill_rows_use_the_dequantized_weights() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let (m, n, k) = (11, 1030, 128);
+        // from 32 rows on, quantized weights are dequantized for the GEMM (matmul.rs)
+        let (m, n, k) = (35, 1030, 128);
         let x = random(m * k, &mut rng);
         let wf = random(n * k, &mut rng);
         for format in FORMATS {
