@@ -139,16 +139,8 @@ impl Engine {
         seqs: &mut [&mut Sequence],
         on_event: &mut (dyn FnMut(usize, Event<'_>) -> ControlFlow<()> + Send),
     ) -> Result<()> {
-        if seqs.len() > self.cfg.max_seqs {
-            return Err(Error::Invalid {
-                what: "batch",
-                why: format!("{} sequences exceed max_seqs = {}", seqs.len(), self.cfg.max_seqs),
-            });
-        }
-        for seq in seqs.iter_mut() {
-            seq.start(Instant::now());
-        }
-        // the whole loop runs on a pool thread, so steps do not inject jobs from outside
+        // `step` checks the batch size and starts each sequence's clock; the whole loop runs on
+        // a pool thread, so steps do not inject jobs from outside
         let pool = self.pool.clone();
         pool.install(|| {
             while seqs.iter().any(|s| s.finish.is_none()) {

@@ -167,17 +167,8 @@ fn gemm_rows(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
         };
         let slab: &[f32] = match &w.data {
             MatrixData::F32(v) => v,
-            MatrixData::BF16(v) => {
-                widened.clear();
-                widened.extend(v[row * k..(row + rows) * k].iter().map(|h| h.to_f32()));
-                &widened
-            }
-            MatrixData::F16(v) => {
-                widened.clear();
-                widened.extend(v[row * k..(row + rows) * k].iter().map(|h| h.to_f32()));
-                &widened
-            }
-            MatrixData::Int8 { .. } | MatrixData::Int4 { .. } => {
+            // every other format widens one slab of rows through `row_into`
+            _ => {
                 widened.resize(rows * k, 0.0);
                 for (r, dst) in widened.chunks_exact_mut(k).enumerate() {
                     w.row_into(row + r, dst);
