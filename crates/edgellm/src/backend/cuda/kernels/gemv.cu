@@ -1,0 +1,81 @@
+// Decode GEMV: out[t, r] = sum_k x[t, k] * w[r, k] for NT <= 8 tokens, weights read once for
+// all of them. w is [rows, in] row-major in the storage type, x is [NT, in] in the storage type,
+// out is fp32. Epilogues: `softcap` (> 0: cap * tanh(v / cap), the LM head of Gemma); GATED:
+// w holds [gate; up] (2 * rows rows) and out[t, r] = act(gate[r]) * up[r], written in the
+// storage type (the fused gate/up projection feeding the down projection).
+//
+// Launch: 128 threads, one warp per output row, grid = ceil(rows / 4). Each lane reads 16 bytes
+// (8 elements) per step, 4 steps unrolled so that 4 independent loads are in flight; `in` must
+// be a multiple of 8. Tried first and kept: this warp-per-row form; rows of 1-4 KB make
+// split-K unnecessary at these shapes.
+
+template <class W, int NT, bool GATED>
+__device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, void* out, int rows, int in,
+                          float cap, int act) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * 4 + warp;
+    if (r >= rows) return;
+    const uint4* wr = (const uint4*)(w + (size_t)r * in);
+    const uint4* wu = (const uint4*)(w + (size_t)(r + rows) * in);
+    float acc[NT], acc_u[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
+    int n_vec = in >> 3;
+    const int STEP = 32 * 4;
+    for (int base = 0; base < n_vec; base += STEP) {
+        uint4 wv[4], uv[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int k = base + u * 32 + lane;
+            if (k < n_vec) {
+                wv[u] = __ldg(wr + k);
+                if (GATED) uv[u] = __ldg(wu + k);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int k = base + u * 32 + lane;
+            if (k >= n_vec) break;
+            float wf[8], uf[8];
+            unpack8<W>(wv[u], wf);
+            if (GATED) unpack8<W>(uv[u], uf);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xf[8];
+                unpack8<W>(__ldg((const uint4*)(x + (size_t)t * in) + k), xf);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    acc[t] += wf[j] * xf[j];
+                    if (GATED) acc_u[t] += uf[j] * xf[j];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (GATED) {
+            float u = warp_sum(acc_u[t]);
+            if (lane == 0) ((u16*)out)[(size_t)t * rows + r] = W::from_f(activation(v, act) * u);
+        } else if (lane == 0) {
+            ((float*)out)[(size_t)t * rows + r] = softcap(v, cap);
+        }
+    }
+}
+
+#define GEMV_KERNEL(NAME, W, NT)                                                                          \
+    extern "C" __global__ void gemv_##NAME##_n##NT(const u16* w, const u16* x, float* out, int rows, int in, \
+                                                   float cap) {                                            \
+        gemv_impl<W, NT, false>(w, x, out, rows, in, cap, 0);                                              \
+    }                                                                                                      \
+    extern "C" __global__ void gemv_gated_##NAME##_n##NT(const u16* w, const u16* x, u16* out, int rows,   \
+                                                         int in, int act) {                                \
+        gemv_impl<W, NT, true>(w, x, out, rows, in, 0.f, act);                                             \
+    }
+
+#define GEMV_ALL(NAME, W) \
+    GEMV_KERNEL(NAME, W, 1) GEMV_KERNEL(NAME, W, 2) GEMV_KERNEL(NAME, W, 3) GEMV_KERNEL(NAME, W, 4) \
+    GEMV_KERNEL(NAME, W, 5) GEMV_KERNEL(NAME, W, 6) GEMV_KERNEL(NAME, W, 7) GEMV_KERNEL(NAME, W, 8)
+
+GEMV_ALL(f16, F16)
+GEMV_ALL(bf16, BF16)
