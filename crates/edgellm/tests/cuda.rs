@@ -29,7 +29,7 @@ fn gpu_cfg(format: WeightFormat, graphs: bool) -> EngineConfig {
         weight_format: format,
         cuda: CudaOptions { graphs, ..CudaOptions::new() },
         max_seqs: 8,
-        max_context: 1024,
+        max_context: 512,
         max_batch_tokens: 512,
         ..Default::default()
     }
@@ -108,7 +108,7 @@ fn check_shape_against_cpu(preset: &str) {
     drop(gpu);
     let cpu_cfg = EngineConfig {
         weight_format: WeightFormat::F16,
-        max_context: 1024,
+        max_context: 512,
         max_batch_tokens: 512,
         ..Default::default()
     };

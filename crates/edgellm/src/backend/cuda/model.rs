@@ -60,12 +60,14 @@ struct Arena {
     rows: DevBuf,    // [R, hidden] normed rows that need logits
     logits: DevBuf,  // f32 [R, vocab]
     ids: DevBuf,     // i32 [R] argmax of each row
-    // step inputs
-    tokens: DevBuf,     // u32 [T]
-    positions: DevBuf,  // u32 [T]
-    token_seq: DevBuf,  // u32 [T]
-    tables: DevBuf,     // u32 [max_seqs, max_blocks]
-    logit_rows: DevBuf, // u32 [R]
+    // step inputs, one copy per step: u32 [tokens T | positions T | token_seq T | logit_rows R |
+    // tables max_seqs × max_blocks]
+    inputs: DevBuf,
+    tokens: u64,
+    positions: u64,
+    token_seq: u64,
+    logit_rows: u64,
+    tables: u64,
 }
 
 /// A model resident on one GPU, with its KV pool and buffers.
@@ -87,7 +89,7 @@ pub struct CudaModel {
     max_blocks: usize,
     graphs: Vec<Option<Graph>>, // by token count - 1
     use_graphs: bool,
-    host_tables: Vec<u32>,
+    staging: Vec<u32>, // host image of `Arena::inputs`
     host_ids: Vec<u32>,
 }
 
@@ -194,11 +196,22 @@ impl CudaModel {
             rows: DevBuf::new(r * hidden * elt)?,
             logits: DevBuf::new(r * c.vocab_size * 4)?,
             ids: DevBuf::new(r * 4)?,
-            tokens: DevBuf::new(t * 4)?,
-            positions: DevBuf::new(t * 4)?,
-            token_seq: DevBuf::new(t * 4)?,
-            tables: DevBuf::new(limits.max_seqs * max_blocks * 4)?,
-            logit_rows: DevBuf::new(r * 4)?,
+            inputs: DevBuf::new((3 * t + r + limits.max_seqs * max_blocks) * 4)?,
+            tokens: 0,
+            positions: 0,
+            token_seq: 0,
+            logit_rows: 0,
+            tables: 0,
+        };
+        let base = a.inputs.ptr();
+        let at = |words: usize| base + 4 * words as u64;
+        let a = Arena {
+            tokens: at(0),
+            positions: at(t),
+            token_seq: at(2 * t),
+            logit_rows: at(3 * t),
+            tables: at(3 * t + r),
+            ..a
         };
         let out = CudaModel {
             embed: mat(&model.embed)?,
@@ -217,7 +230,7 @@ impl CudaModel {
             max_blocks,
             graphs: (0..MAX_GEMV_TOKENS).map(|_| None).collect(),
             use_graphs: opts.graphs,
-            host_tables: vec![0; limits.max_seqs * max_blocks],
+            staging: vec![0; 3 * t + r + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
         };
@@ -252,7 +265,14 @@ impl CudaModel {
             });
         }
         self.gpu.bind()?;
-        // block tables, padded to max_blocks per sequence
+        // the step's inputs in one host image (block tables padded to max_blocks), one copy
+        let (t, rr) = (self.max_tokens, self.max_rows);
+        let st = &mut self.staging;
+        st[..n].copy_from_slice(batch.tokens);
+        st[t..t + n].copy_from_slice(batch.positions);
+        st[2 * t..2 * t + n].copy_from_slice(batch.token_seq);
+        st[3 * t..3 * t + r].copy_from_slice(batch.logit_rows);
+        let tables = 3 * t + rr;
         for s in 0..n_seqs {
             let (lo, hi) = (batch.block_table_offsets[s] as usize, batch.block_table_offsets[s + 1] as usize);
             if hi - lo > self.max_blocks {
@@ -261,15 +281,9 @@ impl CudaModel {
                     why: format!("a block table of {} blocks exceeds {}", hi - lo, self.max_blocks),
                 });
             }
-            self.host_tables[s * self.max_blocks..][..hi - lo]
-                .copy_from_slice(&batch.block_table_data[lo..hi]);
+            st[tables + s * self.max_blocks..][..hi - lo].copy_from_slice(&batch.block_table_data[lo..hi]);
         }
-        let a = &self.a;
-        self.gpu.htod(a.tokens.ptr(), batch.tokens)?;
-        self.gpu.htod(a.positions.ptr(), batch.positions)?;
-        self.gpu.htod(a.token_seq.ptr(), batch.token_seq)?;
-        self.gpu.htod(a.tables.ptr(), &self.host_tables[..n_seqs * self.max_blocks])?;
-        self.gpu.htod(a.logit_rows.ptr(), batch.logit_rows)?;
+        self.gpu.htod(self.a.inputs.ptr(), &st[..tables + n_seqs * self.max_blocks])?;
 
         if self.use_graphs && n <= MAX_GEMV_TOKENS && r == n {
             if self.graphs[n - 1].is_none() {
@@ -310,7 +324,7 @@ impl CudaModel {
         let nu = n as u32;
 
         // embed
-        launch!(g, format!("embed_{dt}"), (nu, 1), 256, 0; a.tokens.ptr(), self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
+        launch!(g, format!("embed_{dt}"), (nu, 1), 256, 0; a.tokens, self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
         let first = &self.layers[0];
         launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 256, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
         for (li, l) in self.layers.iter().enumerate() {
@@ -319,19 +333,21 @@ impl CudaModel {
             let shmem = ((q_dim + 2 * kv_dim) * 4) as u32;
             launch!(g, format!("rope_kv_{dt}"), (nu, 1), 128, shmem;
                 a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
-                a.positions.ptr(), a.token_seq.ptr(), a.tables.ptr(), self.max_blocks as i32,
+                a.positions, a.token_seq, a.tables, self.max_blocks as i32,
                 l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
             // attend over cached keys
             let window = if l.sliding { c.sliding_window.unwrap_or(0) as i32 } else { 0 };
             let cap = c.attn_logit_softcapping.unwrap_or(0.0);
+            // decode splits each head's positions so the chip is busy at batch 1; the count does not
+            // depend on the batch, so a sequence's tokens are the same alone or batched
             let splits = if n <= MAX_GEMV_TOKENS {
-                (2 * g.sm_count / (n * c.num_attention_heads)).clamp(1, MAX_SPLITS)
+                (g.sm_count / c.num_attention_heads).clamp(1, MAX_SPLITS)
             } else {
                 1
             };
-            let shmem = ((c.head_dim + 2 * 256) * 4) as u32;
+            let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
             launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
-                a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions.ptr(), a.token_seq.ptr(), a.tables.ptr(),
+                a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                 self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
                 c.attn_scale(), window, cap)?;
             if splits > 1 {
@@ -370,7 +386,7 @@ impl CudaModel {
         // final norm and LM head for the requested rows, then greedy ids
         let ru = r as u32;
         launch!(g, format!("rmsnorm_{dt}"), (ru, 1), 256, 0;
-            a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows.ptr(), hidden, eps)?;
+            a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows, hidden, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let cap = c.final_logit_softcapping.unwrap_or(0.0);
         self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), c.vocab_size, c.hidden_size, cap)?;

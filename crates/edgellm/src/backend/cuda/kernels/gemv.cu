@@ -5,8 +5,8 @@
 // storage type (the fused gate/up projection feeding the down projection).
 //
 // Launch: 128 threads, one warp per output row, grid = ceil(rows / 4). Each lane reads 16 bytes
-// (8 elements) per step, 4 steps unrolled so that 4 independent loads are in flight; `in` must
-// be a multiple of 8. Tried first and kept: this warp-per-row form; rows of 1-4 KB make
+// (8 elements) per step, 4 or 8 steps unrolled so that as many independent loads are in
+// flight; `in` must be a multiple of 8. Tried first and kept: this warp-per-row form; rows of 1-4 KB make
 // split-K unnecessary at these shapes.
 
 template <class W, int NT, bool GATED>
@@ -21,11 +21,13 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
     int n_vec = in >> 3;
-    const int STEP = 32 * 4;
+    // loads in flight per lane: more where fewer accumulators hold registers
+    const int U = NT <= 2 && !GATED ? 8 : 4;
+    const int STEP = 32 * U;
     for (int base = 0; base < n_vec; base += STEP) {
-        uint4 wv[4], uv[4];
+        uint4 wv[U], uv[U];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < U; u++) {
             int k = base + u * 32 + lane;
             if (k < n_vec) {
                 wv[u] = __ldg(wr + k);
@@ -33,7 +35,7 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
             }
         }
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < U; u++) {
             int k = base + u * 32 + lane;
             if (k >= n_vec) break;
             float wf[8], uf[8];
