@@ -15,7 +15,7 @@ use super::{EngineConfig, Sequence};
 
 /// The forward pass and the memory it runs on.
 pub(crate) enum Executor {
-    Cpu { kv: KvCache, scratch: Scratch },
+    Cpu { kv: KvCache, scratch: Box<Scratch> },
     Cuda { model: Box<CudaModel>, logits: Vec<f32> },
 }
 
@@ -33,7 +33,7 @@ impl Executor {
         };
         let Some(ordinal) = on_gpu else {
             let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
-            return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch });
+            return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch: Box::new(scratch) });
         };
         if !matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16) {
             return Err(Error::Invalid {

@@ -93,6 +93,21 @@ pub struct CudaModel {
     host_ids: Vec<u32>,
 }
 
+/// Warps per GEMV row: enough that each warp's share of a row keeps all its loads in flight at
+/// once. It depends on the row length only, so a token's sums are the same at every batch size.
+fn ksplit(cols: usize) -> i32 {
+    if cols >= 4096 {
+        4
+    } else {
+        2
+    }
+}
+
+/// GEMV blocks of 4 warps for `rows` rows at `ksplit` warps per row.
+fn gemv_blocks(rows: usize, ksplit: i32) -> u32 {
+    (rows as u32 * ksplit as u32).div_ceil(4)
+}
+
 // SAFETY: the raw driver handles (module, graphs) belong to this model's context, which every
 // entry point binds to the calling thread first (`Gpu::bind`); `&mut self` keeps one thread at a
 // time.
@@ -324,14 +339,14 @@ impl CudaModel {
         let nu = n as u32;
 
         // embed
-        launch!(g, format!("embed_{dt}"), (nu, 1), 256, 0; a.tokens, self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
+        launch!(g, format!("embed_{dt}"), (nu, 1), 1024, 0; a.tokens, self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
         let first = &self.layers[0];
-        launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 256, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
+        launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 1024, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
         for (li, l) in self.layers.iter().enumerate() {
             // QKV projection, then bias, q/k norms, RoPE and the KV write in one kernel
             self.matmul(a.hn.ptr(), n, &l.wqkv, a.qkv.ptr(), q_dim + 2 * kv_dim, c.hidden_size, 0.0)?;
-            let shmem = ((q_dim + 2 * kv_dim) * 4) as u32;
-            launch!(g, format!("rope_kv_{dt}"), (nu, 1), 128, shmem;
+            let n_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) as u32;
+            launch!(g, format!("rope_kv_{dt}"), (nu, n_rows), hd as u32, 0;
                 a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
                 a.positions, a.token_seq, a.tables, self.max_blocks as i32,
                 l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
@@ -356,12 +371,13 @@ impl CudaModel {
             }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
             self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), c.hidden_size, q_dim, 0.0)?;
-            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 256, 0;
+            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
                 a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
             // MLP: fused gate/up with the activation, down projection
             if n <= MAX_GEMV_TOKENS {
-                launch!(g, format!("gemv_gated_{dt}_n{n}"), ((ffn as u32).div_ceil(4), 1), 128, 0;
-                    l.w_gate_up.ptr(), a.hn.ptr(), a.act.ptr(), ffn as i32, hidden, act)?;
+                let ks = ksplit(c.hidden_size);
+                launch!(g, format!("gemv_gated_{dt}_n{n}"), (gemv_blocks(ffn, ks), 1), 128, 0;
+                    l.w_gate_up.ptr(), a.hn.ptr(), a.act.ptr(), ffn as i32, hidden, act, ks)?;
             } else {
                 g.gemm(
                     dt == "bf16",
@@ -377,7 +393,7 @@ impl CudaModel {
             }
             self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), c.hidden_size, ffn, 0.0)?;
             let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
-            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 256, 0;
+            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
                 a.x.ptr(), a.h.ptr(), opt(&l.post_ffn_norm), next_norm, a.hn.ptr(), hidden, eps)?;
         }
         if r == 0 {
@@ -385,7 +401,7 @@ impl CudaModel {
         }
         // final norm and LM head for the requested rows, then greedy ids
         let ru = r as u32;
-        launch!(g, format!("rmsnorm_{dt}"), (ru, 1), 256, 0;
+        launch!(g, format!("rmsnorm_{dt}"), (ru, 1), 1024, 0;
             a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows, hidden, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let cap = c.final_logit_softcapping.unwrap_or(0.0);
@@ -407,8 +423,9 @@ impl CudaModel {
     ) -> Result<()> {
         let dt = self.dt;
         if n <= MAX_GEMV_TOKENS {
-            return launch!(self.gpu, format!("gemv_{dt}_n{n}"), ((rows as u32).div_ceil(4), 1), 128, 0;
-                w.ptr(), x, out, rows as i32, cols as i32, cap);
+            let ks = ksplit(cols);
+            return launch!(self.gpu, format!("gemv_{dt}_n{n}"), (gemv_blocks(rows, ks), 1), 128, 0;
+                w.ptr(), x, out, rows as i32, cols as i32, cap, ks);
         }
         self.gpu.gemm(dt == "bf16", x, w.ptr(), out, n, rows, cols)?;
         if cap > 0.0 {

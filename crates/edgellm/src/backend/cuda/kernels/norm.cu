@@ -2,7 +2,8 @@
 //
 // Residual stream `x` is fp32 [n_tokens, hidden]; normed outputs are in the storage type, as
 // they feed the projections. Norm weights are fp32 (Gemma's `1 + w` folded in at load).
-// Launch: one block per row, 256 threads.
+// Launch: one block per row, 1024 threads (a decode step has one row per token: one block must
+// cover the row quickly; 256 threads took 9.5 us per Llama-3.2-1B residual+norm under ncu).
 
 // x[t] = table[ids[t]] * scale
 template <class W>
@@ -29,7 +30,6 @@ __device__ void rmsnorm_impl(const float* x, const float* w, u16* out, const int
 }
 
 // x[t] += post_w ? norm(h[t]) * post_w : h[t]; then, when next_w is set, out[t] = norm(x[t]) * next_w.
-// The per-thread elements stay in registers between the passes (hidden <= 256 * 32).
 template <class W>
 __device__ void residual_rmsnorm_impl(float* x, const float* h, const float* post_w, const float* next_w, u16* out,
                                       int hidden, float eps) {
