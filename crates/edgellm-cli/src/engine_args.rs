@@ -3,6 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use edgellm::backend::cuda::CudaOptions;
+use edgellm::backend::Device;
 use edgellm::engine::{Engine, EngineConfig};
 use edgellm::quant::WeightFormat;
 use edgellm::SamplingParams;
@@ -23,6 +25,26 @@ pub struct EngineArgs {
     /// Most tokens per forward pass (prompt chunk size).
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
+    /// Where to run: auto (a CUDA GPU when present and --dtype is f16 or bf16, else the CPU),
+    /// cpu, cuda or cuda:N. Asking for CUDA where there is none is an error.
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    /// Run every CUDA decode step eagerly instead of replaying captured CUDA graphs.
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
+}
+
+/// CUDA kernel options from the environment: NVRTC headers under `$CUDA_HOME/include`
+/// (default /usr/local/cuda), compiled kernels cached under `$EDGELLM_HOME/kernels`.
+pub fn cuda_options(graphs: bool) -> CudaOptions {
+    let home = std::env::var_os("EDGELLM_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/edgellm")));
+    CudaOptions {
+        include_dir: std::env::var_os("CUDA_HOME").map(|h| std::path::PathBuf::from(h).join("include")),
+        kernel_cache: home.map(|h| h.join("kernels")),
+        graphs,
+    }
 }
 
 impl EngineArgs {
@@ -34,6 +56,8 @@ impl EngineArgs {
             max_batch_tokens: self.batch_tokens,
             max_seqs,
             weight_format: self.dtype,
+            device: self.device,
+            cuda: cuda_options(!self.no_cuda_graphs),
             ..EngineConfig::default()
         }
     }
@@ -49,6 +73,9 @@ impl EngineArgs {
             engine.model().weight_bytes() as f64 / 1e6,
             engine.config().threads,
         );
+        if let Some((name, mem)) = engine.device() {
+            eprintln!("running on {name}, {:.1} GiB", mem as f64 / (1u64 << 30) as f64);
+        }
         Ok(engine)
     }
 }

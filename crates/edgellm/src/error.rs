@@ -133,6 +133,22 @@ pub enum Error {
     /// The scheduler thread has stopped (shut down or panicked).
     #[error("the scheduler has stopped")]
     SchedulerStopped,
+
+    // --- cuda ---
+    /// CUDA was asked for but cannot be used here (no driver, no device, bad ordinal).
+    #[error("CUDA unavailable: {why}")]
+    NoCuda {
+        /// What is missing, and what to do instead.
+        why: String,
+    },
+    /// A CUDA driver, NVRTC or cuBLAS call failed.
+    #[error("CUDA {op}: {detail}")]
+    Cuda {
+        /// The call or kernel.
+        op: &'static str,
+        /// The library's message (for NVRTC, the compile log).
+        detail: String,
+    },
 }
 
 /// `Result` with the engine's [`Error`].

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use edgellm::backend::Device;
 use edgellm::engine::{Engine, EngineConfig};
 use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
@@ -53,8 +54,8 @@ pub struct BenchArgs {
     /// Weight formats (comma-separated sweep): f32, bf16, f16, int8, int4, int4-gN.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_format)]
     pub dtype: Vec<String>,
-    /// Devices (comma-separated sweep; only the CPU exists so far).
-    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = ["cpu"])]
+    /// Devices (comma-separated sweep): cpu, cuda, cuda:N or auto.
+    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = parse_device)]
     pub device: Vec<String>,
     /// Timed repetitions of each configuration.
     #[arg(short = 'r', long, default_value_t = 3)]
@@ -151,7 +152,10 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> Result<()> {
     let mut records = Vec::new();
     for device in &args.device {
         for dtype in &args.dtype {
-            let mut engine = load(&subject, dtype, threads, args)?;
+            let mut engine = load(&subject, dtype, device, threads, args)?;
+            if let Some((gpu, mem)) = engine.device() {
+                eprintln!("device {device}: {gpu}, {:.1} GiB", mem as f64 / (1u64 << 30) as f64);
+            }
             let load_s = engine.load_time().as_secs_f64();
             eprintln!(
                 "loaded {} ({dtype}, {device}) in {load_s:.2} s: {:.0} MB of weights",
@@ -204,7 +208,12 @@ fn parse_format(s: &str) -> Result<String, String> {
     s.parse::<WeightFormat>().map(|_| s.to_string())
 }
 
-fn load(subject: &Subject, dtype: &str, threads: usize, args: &BenchArgs) -> Result<Engine> {
+/// Checks a `--device` entry, keeping its spelling for the report.
+fn parse_device(s: &str) -> Result<String, String> {
+    s.parse::<Device>().map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+fn load(subject: &Subject, dtype: &str, device: &str, threads: usize, args: &BenchArgs) -> Result<Engine> {
     let max = |v: &[usize]| v.iter().copied().max().unwrap_or(1);
     let (p, n, b) = (max(&args.prompt_tokens), max(&args.gen_tokens), max(&args.batch));
     let batch_tokens = match args.batch_tokens {
@@ -217,6 +226,8 @@ fn load(subject: &Subject, dtype: &str, threads: usize, args: &BenchArgs) -> Res
         max_context: p + n + 1,
         max_batch_tokens: batch_tokens,
         weight_format: dtype.parse::<WeightFormat>().map_err(anyhow::Error::msg)?,
+        device: device.parse::<Device>()?,
+        cuda: crate::engine_args::cuda_options(true),
         ..EngineConfig::default()
     };
     match subject {

@@ -1,5 +1,8 @@
-//! `EngineConfig`: how the engine runs — threads, batch limits, KV pool size, weight storage.
+//! `EngineConfig`: how the engine runs — device, threads, batch limits, KV pool size, weight
+//! storage.
 
+use crate::backend::cuda::CudaOptions;
+use crate::backend::Device;
 use crate::quant::WeightFormat;
 use crate::{Error, ModelConfig, Result};
 
@@ -21,6 +24,10 @@ pub struct EngineConfig {
     pub kv_block_size: usize,
     /// Storage of weight matrices: `F32`, `BF16`, `F16`, `Int8` or `Int4`.
     pub weight_format: WeightFormat,
+    /// Where the forward pass runs.
+    pub device: Device,
+    /// Kernel compilation and graph options of the CUDA backend.
+    pub cuda: CudaOptions,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +40,8 @@ impl Default for EngineConfig {
             kv_tokens: 0,
             kv_block_size: 16,
             weight_format: WeightFormat::F32,
+            device: Device::Cpu,
+            cuda: CudaOptions::new(),
         }
     }
 }

@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::Instant;
 
+use super::executor::Executor;
 use super::{Engine, EngineConfig, StepBuffers};
-use crate::kv::{BlockAllocator, KvCache, KvShape};
-use crate::model::{LoadOptions, Model, Scratch};
+use crate::kv::{BlockAllocator, KvShape};
+use crate::model::{LoadOptions, Model};
 use crate::source::gguf::GgufFile;
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::WeightSource;
@@ -106,11 +107,9 @@ impl Engine {
             head_dim: c.head_dim,
         };
         let template = tokenizer.chat_template_renderer()?;
-        let scratch = Scratch::new(c, cfg.max_batch_tokens, cfg.max_batch_tokens.max(cfg.max_seqs));
         Ok(Engine {
-            kv: KvCache::new(shape),
+            exec: Executor::new(&model, &cfg, shape)?,
             alloc: BlockAllocator::new(shape.n_blocks),
-            scratch,
             step: StepBuffers::with_capacity(&cfg),
             template,
             tokenizer,

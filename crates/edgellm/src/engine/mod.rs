@@ -10,6 +10,7 @@
 
 mod config;
 mod eval;
+mod executor;
 mod load;
 mod sequence;
 
@@ -21,11 +22,12 @@ pub use eval::Perplexity;
 pub use load::OpenedSource;
 pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
 
-use crate::kv::{BlockAllocator, KvCache};
-use crate::model::{ForwardBatch, Model, Scratch};
-use crate::sampling::{FinishReason, TokenHistory};
+use crate::kv::BlockAllocator;
+use crate::model::{ForwardBatch, Model};
+use crate::sampling::FinishReason;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{Error, Result};
+use executor::Executor;
 
 /// Per-step batch description, reused across steps so a decode step allocates nothing.
 #[derive(Default)]
@@ -80,9 +82,8 @@ pub struct Engine {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     cfg: EngineConfig,
-    kv: KvCache,
+    exec: Executor,
     alloc: BlockAllocator,
-    scratch: Scratch,
     step: StepBuffers,
     pool: std::sync::Arc<rayon::ThreadPool>,
     load_time: std::time::Duration,
@@ -112,6 +113,11 @@ impl Engine {
     /// How long [`Engine::load`] took.
     pub fn load_time(&self) -> std::time::Duration {
         self.load_time
+    }
+
+    /// The GPU the engine runs on (name, memory in bytes), or `None` on the CPU.
+    pub fn device(&self) -> Option<(String, usize)> {
+        self.exec.device()
     }
 
     /// KV blocks not in use.
@@ -206,17 +212,7 @@ impl Engine {
             block_table_offsets: &b.block_table_offsets,
             logit_rows: &b.logit_rows,
         };
-        let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
-        self.pool.install(|| {
-            model.forward(&batch, kv, scratch);
-        });
-        let n_vocab = self.model.config.vocab_size;
-        for row in 0..self.step.row_owner.len() {
-            let seq = &mut *seqs[self.step.row_owner[row]];
-            let logits = &mut self.scratch.logits_mut()[row * n_vocab..(row + 1) * n_vocab];
-            let sampled = seq.sampler.sample(logits, TokenHistory::split(&seq.tokens, seq.n_prompt));
-            seq.push_sampled(sampled);
-        }
+        self.exec.forward_sample(&self.model, &self.pool, &batch, seqs, &b.row_owner)?;
         Ok(self.step.row_owner.len())
     }
 
@@ -264,7 +260,7 @@ impl Engine {
         let mut seq = Sequence::from_ids(self, tokens.to_vec(), Default::default())?;
         let n_vocab = self.model.config.vocab_size;
         let mut out = Vec::with_capacity(tokens.len() * n_vocab);
-        let chunk = self.cfg.max_batch_tokens.min(self.scratch.max_logit_rows());
+        let chunk = self.cfg.max_batch_tokens.min(self.exec.max_logit_rows(&self.cfg));
         let result = (|| {
             for start in (0..tokens.len()).step_by(chunk) {
                 let end = (start + chunk).min(tokens.len());
@@ -280,8 +276,7 @@ impl Engine {
                     block_table_offsets: &[0, seq.table.blocks.len() as u32],
                     logit_rows: &rows,
                 };
-                let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
-                out.extend_from_slice(self.pool.install(|| model.forward(&batch, kv, scratch)));
+                self.exec.forward_logits(&self.model, &self.pool, &batch, &mut out)?;
             }
             Ok(())
         })();

@@ -213,6 +213,20 @@ impl Sampler {
         }
     }
 
+    /// Whether [`Sampler::sample`] reduces to the argmax of the raw logits (greedy, no bias,
+    /// no penalties, no logprobs), so a device that computed the argmax can choose the token.
+    pub fn is_plain_argmax(&self) -> bool {
+        self.greedy && self.bias.is_empty() && self.penalties.is_none() && self.logprobs.is_none()
+    }
+
+    /// Takes the token a device chose by argmax (only when [`Sampler::is_plain_argmax`]), drawing
+    /// from the RNG as [`Sampler::sample`] does so later draws stay aligned with their tokens.
+    pub fn take_argmax(&mut self, id: u32) -> SampledToken {
+        debug_assert!(self.is_plain_argmax());
+        let _ = self.rng.next_f64();
+        SampledToken { id, logprob: None, top_logprobs: None }
+    }
+
     /// Whether `id` ends generation: a `stop_token_ids` entry, or an EOS id unless `ignore_eos`.
     pub fn is_stop_token(&self, id: u32) -> bool {
         self.stop_token_ids.contains(&id) || (!self.ignore_eos && self.eos_token_ids.contains(&id))

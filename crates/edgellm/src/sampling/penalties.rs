@@ -24,6 +24,10 @@ impl LogitBias {
         LogitBias { entries }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub(crate) fn apply(&self, logits: &mut [f32]) {
         for &(id, bias) in &self.entries {
             logits[id as usize] += bias;

@@ -4,9 +4,13 @@
 
 use std::path::PathBuf;
 
-/// `../shared` beside the repository root.
+/// `../shared` beside the repository root, or `$EDGELLM_SHARED_DIR` where the tests run away
+/// from the checkout (a copied test binary on a GPU machine).
 pub fn shared_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    match std::env::var_os("EDGELLM_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
 }
 
 /// A tiny HF fixture directory.

@@ -1,0 +1,294 @@
+//! One CUDA device opened for the engine: context, stream, the compiled kernel module, a cuBLAS
+//! handle, device buffers and raw kernel launches.
+//!
+//! Launches go through the driver API with arguments by value (device pointers as `u64`), so a
+//! launch recorded into a CUDA graph replays exactly, and nothing is allocated per launch on the
+//! device. Every device allocation goes through [`DevBuf::new`], which counts them
+//! ([`allocations`]): a test proves decode steps allocate nothing.
+
+use std::ffi::{c_void, CString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+
+use super::compile;
+use crate::{Error, Result};
+
+/// Where the kernels come from and go.
+#[derive(Debug, Clone, Default)]
+pub struct CudaOptions {
+    /// The CUDA headers (`$CUDA_HOME/include`) for NVRTC; `None`: `/usr/local/cuda/include`.
+    pub include_dir: Option<PathBuf>,
+    /// Where compiled kernels are cached (`$EDGELLM_HOME/kernels`); `None`: no disk cache.
+    pub kernel_cache: Option<PathBuf>,
+    /// Capture decode steps as CUDA graphs (off: every step launches its kernels eagerly).
+    pub graphs: bool,
+}
+
+impl CudaOptions {
+    /// The defaults: standard headers, no cache, graphs on.
+    pub fn new() -> Self {
+        CudaOptions { include_dir: None, kernel_cache: None, graphs: true }
+    }
+}
+
+pub(crate) fn driver_err(op: &'static str) -> impl Fn(result::DriverError) -> Error {
+    move |e| Error::Cuda { op, detail: format!("{e:?}") }
+}
+
+/// Number of CUDA devices, 0 when there is no driver or no device.
+pub fn device_count() -> usize {
+    // SAFETY: only tries to open libcuda.
+    if !unsafe { sys::is_culib_present() } || result::init().is_err() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// Free memory of the current context's device, in bytes (what any allocation, ours or the
+/// driver's, would take from).
+pub fn free_memory() -> Result<usize> {
+    result::mem_get_info().map(|(free, _)| free).map_err(driver_err("cuMemGetInfo"))
+}
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Device allocations made so far by this process (all devices).
+pub fn allocations() -> usize {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// A device allocation, freed on drop.
+pub struct DevBuf {
+    ptr: sys::CUdeviceptr,
+}
+
+impl DevBuf {
+    /// `bytes` of uninitialised device memory (at least 1 byte is allocated).
+    pub fn new(bytes: usize) -> Result<DevBuf> {
+        // SAFETY: a plain allocation; the context is current on this thread (Gpu::new binds it).
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(driver_err("cuMemAlloc"))?;
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        Ok(DevBuf { ptr })
+    }
+
+    /// The device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from cuMemAlloc and is freed once.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// An opened device.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: sys::CUmodule,
+    blas: CudaBlas,
+    /// Device name as the driver reports it.
+    pub name: String,
+    /// Compute capability.
+    pub cc: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: usize,
+    /// Device memory in bytes.
+    pub total_mem: usize,
+}
+
+/// The NVRTC target for compute capability `cc`: Hopper gets its `a` target (wgmma, setmaxnreg).
+pub fn arch_name(cc: (i32, i32)) -> String {
+    let suffix = if cc == (9, 0) { "a" } else { "" };
+    format!("sm_{}{}{suffix}", cc.0, cc.1)
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and loads the kernels (compiled or from the cache).
+    pub fn new(ordinal: usize, opts: &CudaOptions) -> Result<Gpu> {
+        let n = device_count();
+        if n == 0 {
+            return Err(Error::NoCuda { why: "no CUDA driver or device found; use --device cpu".into() });
+        }
+        if ordinal >= n {
+            return Err(Error::NoCuda { why: format!("device cuda:{ordinal} asked for, {n} present") });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("cuCtxCreate"))?;
+        // SAFETY: no CudaSlice exists yet; events would break graph capture.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_err("cuStreamCreate"))?;
+        let cc = ctx.compute_capability().map_err(driver_err("cuDeviceGetAttribute"))?;
+        let name = ctx.name().map_err(driver_err("cuDeviceGetName"))?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("cuDeviceGetAttribute"))? as usize;
+        // SAFETY: the device handle is valid.
+        let total_mem =
+            unsafe { result::device::total_mem(ctx.cu_device()) }.map_err(driver_err("cuDeviceTotalMem"))?;
+        if cc.0 < 8 {
+            return Err(Error::NoCuda {
+                why: format!("{name} is sm_{}{}; edgellm needs sm_80 or newer", cc.0, cc.1),
+            });
+        }
+        let include = opts.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"));
+        let cubin = compile::load_or_compile(opts.kernel_cache.as_deref(), &arch_name(cc), Some(&include))?;
+        // SAFETY: `cubin` is a complete CUBIN image for this device's arch; the context is current.
+        let module = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+            .map_err(driver_err("cuModuleLoadData"))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::Cuda { op: "cublasCreate", detail: format!("{e:?}") })?;
+        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem })
+    }
+
+    /// Makes the context current on the calling thread (the engine may move between threads).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(driver_err("cuCtxSetCurrent"))
+    }
+
+    /// Launches kernel `name` on the engine's stream. `args` point at the arguments' values.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        shmem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let cname = CString::new(name).expect("kernel names hold no NUL");
+        // SAFETY: `module` is loaded; a missing name is reported as an error.
+        let f = unsafe { result::module::get_function(self.module, cname) }
+            .map_err(|e| Error::Cuda { op: "cuModuleGetFunction", detail: format!("{name}: {e:?}") })?;
+        // SAFETY: each kernel's launcher in `ops` passes arguments matching its signature.
+        unsafe {
+            result::launch_kernel(f, (grid.0, grid.1, 1), (block, 1, 1), shmem, self.stream.cu_stream(), args)
+        }
+        .map_err(|e| Error::Cuda { op: "cuLaunchKernel", detail: format!("{name}: {e:?}") })
+    }
+
+    /// Copies `src` to device address `dst` (stream-ordered).
+    pub fn htod<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
+        // SAFETY: callers pass a destination of at least `size_of_val(src)` bytes; the copy is
+        // complete before `src` can change because pageable copies are staged synchronously.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(driver_err("cuMemcpyHtoD"))
+    }
+
+    /// Copies device address `src` into `dst` and waits for it.
+    pub fn dtoh<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        // SAFETY: callers pass a source of at least `size_of_val(dst)` bytes.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(driver_err("cuMemcpyDtoH"))?;
+        self.sync()
+    }
+
+    /// Waits for the stream.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_err("cuStreamSynchronize"))
+    }
+
+    /// A buffer holding `data`.
+    pub fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
+        let buf = DevBuf::new(std::mem::size_of_val(data))?;
+        self.htod(buf.ptr(), data)?;
+        Ok(buf)
+    }
+
+    /// Starts capturing this stream's work into a graph.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver_err("cuStreamBeginCapture"))
+    }
+
+    /// Ends the capture and instantiates the graph.
+    pub fn end_capture(&self) -> Result<Graph> {
+        // SAFETY: the stream is capturing (begin_capture succeeded).
+        let graph = unsafe { result::stream::end_capture(self.stream.cu_stream()) }
+            .map_err(driver_err("cuStreamEndCapture"))?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `graph` is a complete captured graph; `exec` is valid for writes.
+        let r = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) };
+        if let Err(e) = r.result() {
+            // SAFETY: `graph` is not used again.
+            unsafe { sys::cuGraphDestroy(graph) };
+            return Err(driver_err("cuGraphInstantiate")(e));
+        }
+        Ok(Graph { graph, exec })
+    }
+
+    /// Replays `graph` on the stream.
+    pub fn replay(&self, graph: &Graph) -> Result<()> {
+        // SAFETY: `exec` is an instantiated graph of this context.
+        unsafe { sys::cuGraphLaunch(graph.exec, self.stream.cu_stream()) }
+            .result()
+            .map_err(driver_err("cuGraphLaunch"))
+    }
+
+    /// `c[n, m] = a[n, k] · w[m, k]ᵀ` with `a`, `w` in fp16 (`bf16` false) or bf16, `c` fp32,
+    /// fp32 accumulation (prefill projections and LM head).
+    pub fn gemm(&self, bf16: bool, a: u64, w: u64, c: u64, n: usize, m: usize, k: usize) -> Result<()> {
+        let t = if bf16 { blas_sys::cudaDataType::CUDA_R_16BF } else { blas_sys::cudaDataType::CUDA_R_16F };
+        let (alpha, beta) = (1f32, 0f32);
+        // SAFETY: row-major a [n, k] is column-major [k, n]; w [m, k] row-major is column-major
+        // [k, m], transposed to [m, k]; c column-major [m, n] is row-major [n, m]. Buffers are
+        // sized by the caller for these shapes.
+        let status = unsafe {
+            blas_sys::cublasGemmEx(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                n as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                w as *const c_void,
+                t,
+                k as i32,
+                a as *const c_void,
+                t,
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                c as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                m as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::Cuda { op: "cublasGemmEx", detail: format!("{status:?} ({n}x{m}x{k})") });
+        }
+        Ok(())
+    }
+}
+
+/// An instantiated CUDA graph (one captured decode step).
+pub struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: both handles were created by `end_capture` and are destroyed once.
+        unsafe {
+            sys::cuGraphExecDestroy(self.exec);
+            sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let _ = self.bind();
+        // SAFETY: no launch can use the module after the Gpu is gone.
+        let _ = unsafe { result::module::unload(self.module) };
+    }
+}

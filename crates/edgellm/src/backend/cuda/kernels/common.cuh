@@ -1,0 +1,90 @@
+// Shared device helpers: fp16/bf16 storage types with fp32 conversion, 16-byte vector
+// unpacking, warp and block reductions, the MLP activations. Every kernel file is compiled
+// after this one as a single NVRTC program, so no CUDA header is needed (conversions are
+// single PTX instructions; `cvt.rn.bf16.f32` needs sm_80+).
+//
+// Each kernel is written once as a template over its storage type and instantiated as
+// `extern "C"` entry points named op first, then dtype (`gemv_f16_n1`, `rmsnorm_bf16`).
+
+typedef unsigned short u16;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+struct F16 {
+    static __device__ __forceinline__ float to_f(u16 h) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+        return f;
+    }
+    static __device__ __forceinline__ u16 from_f(float f) {
+        u16 h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+        return h;
+    }
+};
+
+struct BF16 {
+    static __device__ __forceinline__ float to_f(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
+    static __device__ __forceinline__ u16 from_f(float f) {
+        u16 h;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+        return h;
+    }
+};
+
+// The 8 values of a 16-byte vector of 16-bit elements, in memory order.
+template <class W>
+__device__ __forceinline__ void unpack8(uint4 v, float* out) {
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = W::to_f((u16)(w[i] & 0xffff));
+        out[2 * i + 1] = W::to_f((u16)(w[i] >> 16));
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float red[32];
+    __syncthreads();  // `red` may still be read by a previous call
+    v = warp_sum(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    int n_warps = blockDim.x >> 5;
+    v = lane < n_warps ? red[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float red[32];
+    __syncthreads();
+    v = warp_max(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    int n_warps = blockDim.x >> 5;
+    v = lane < n_warps ? red[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// The gated-MLP activation of `gate`: 0 = SiLU, 1 = GELU (tanh approximation).
+__device__ __forceinline__ float activation(float g, int act) {
+    if (act == 0) return g / (1.f + expf(-g));
+    const float k = 0.7978845608f;
+    return 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
+__device__ __forceinline__ float softcap(float v, float cap) { return cap > 0.f ? cap * tanhf(v / cap) : v; }

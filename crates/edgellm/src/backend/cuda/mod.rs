@@ -1,0 +1,14 @@
+//! The CUDA backend: the forward pass of `model/transformer.rs` on an NVIDIA GPU.
+//!
+//! cudarc loads libcuda, NVRTC and cuBLAS at run time, so the binary builds and runs on machines
+//! without CUDA; asking for a device there is a clear [`crate::Error::NoCuda`]. The kernels are the
+//! `.cu` files under `kernels/`, embedded in the binary and compiled by NVRTC for the device's
+//! architecture at first use ([`compile`], cached on disk). [`CudaModel`] holds the weights, the
+//! paged KV pool and every buffer on the device; decode steps replay CUDA graphs.
+
+pub mod compile;
+mod gpu;
+mod model;
+
+pub use gpu::{allocations, arch_name, device_count, free_memory, CudaOptions};
+pub use model::{CudaLimits, CudaModel, MAX_GEMV_TOKENS};

@@ -1,0 +1,437 @@
+//! The forward pass on the GPU: the CPU [`Model`]'s plan (model/transformer.rs) with the same
+//! paged KV layout and block tables, over fp16 or bf16 weights.
+//!
+//! Everything is allocated in [`CudaModel::new`]: weights, the KV pool, the activation arena for
+//! `max_tokens` tokens, the step inputs and the sampling buffers. A step copies its inputs
+//! (tokens, positions, block tables) into fixed device buffers, runs the layers, samples greedy
+//! ids on the device and reads back only those (and the logits rows when a host sampler needs
+//! them). Steps of up to [`MAX_GEMV_TOKENS`] tokens that all need logits (decode) are captured
+//! once per token count as a CUDA graph and replayed; larger steps (prefill) run eagerly with
+//! cuBLAS GEMMs.
+
+use std::ffi::c_void;
+
+use super::gpu::{CudaOptions, DevBuf, Gpu, Graph};
+use crate::backend::cpu::{Matrix, MatrixData};
+use crate::config::{Activation, LayerAttention, ModelConfig};
+use crate::kv::KvShape;
+use crate::model::{ForwardBatch, Model};
+use crate::{Error, Result};
+
+/// Most tokens a step may have for the GEMV kernels and graph capture (`gemv_*_n1..n8`).
+pub const MAX_GEMV_TOKENS: usize = 8;
+/// Most split-K partitions of decode attention.
+const MAX_SPLITS: usize = 16;
+
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr, $shmem:expr; $($arg:expr),* $(,)?) => {
+        $gpu.launch(&$name, $grid, $block, $shmem, &mut [$(&$arg as *const _ as *mut c_void),*])
+    };
+}
+
+struct LayerBufs {
+    sliding: bool,
+    attn_norm: DevBuf,              // f32 [hidden]
+    wqkv: DevBuf,                   // [q_dim + 2·kv_dim, hidden]
+    bqkv: Option<DevBuf>,           // f32 [q_dim + 2·kv_dim]
+    q_norm: Option<DevBuf>,         // f32 [head_dim]
+    k_norm: Option<DevBuf>,         // f32 [head_dim]
+    wo: DevBuf,                     // [hidden, q_dim]
+    post_attn_norm: Option<DevBuf>, // f32 [hidden]
+    ffn_norm: DevBuf,               // f32 [hidden]
+    w_gate_up: DevBuf,              // [2·intermediate, hidden]
+    w_down: DevBuf,                 // [hidden, intermediate]
+    post_ffn_norm: Option<DevBuf>,  // f32 [hidden]
+    k_cache: DevBuf,                // [n_blocks, n_kv_heads, block_size, head_dim]
+    v_cache: DevBuf,
+}
+
+/// Activations for one step, sized for `max_tokens` tokens and `max_rows` logit rows.
+struct Arena {
+    x: DevBuf,       // f32 [T, hidden] residual stream
+    h: DevBuf,       // f32 [T, hidden] sub-block output
+    hn: DevBuf,      // [T, hidden] normed input of a projection
+    qkv: DevBuf,     // f32 [T, q_dim + 2·kv_dim]
+    q: DevBuf,       // f32 [T, q_dim] roped queries
+    attn: DevBuf,    // [T, q_dim]
+    gate_up: DevBuf, // f32 [T, 2·intermediate] (prefill)
+    act: DevBuf,     // [T, intermediate]
+    part: DevBuf,    // f32 [MAX_GEMV_TOKENS, n_heads, MAX_SPLITS, head_dim + 2] split-K partials
+    rows: DevBuf,    // [R, hidden] normed rows that need logits
+    logits: DevBuf,  // f32 [R, vocab]
+    ids: DevBuf,     // i32 [R] argmax of each row
+    // step inputs, one copy per step: u32 [tokens T | positions T | token_seq T | logit_rows R |
+    // tables max_seqs × max_blocks]
+    inputs: DevBuf,
+    tokens: u64,
+    positions: u64,
+    token_seq: u64,
+    logit_rows: u64,
+    tables: u64,
+}
+
+/// A model resident on one GPU, with its KV pool and buffers.
+pub struct CudaModel {
+    gpu: Gpu,
+    cfg: ModelConfig,
+    kv: KvShape,
+    dt: &'static str, // kernel suffix of the storage type: "f16" | "bf16"
+    embed: DevBuf,
+    embed_scale: f32,
+    lm_head: Option<DevBuf>,
+    final_norm: DevBuf,
+    rope: [DevBuf; 2], // inv_freq of full and sliding layers
+    layers: Vec<LayerBufs>,
+    a: Arena,
+    max_tokens: usize,
+    max_rows: usize,
+    max_seqs: usize,
+    max_blocks: usize,
+    graphs: Vec<Option<Graph>>, // by token count - 1
+    use_graphs: bool,
+    staging: Vec<u32>, // host image of `Arena::inputs`
+    host_ids: Vec<u32>,
+}
+
+/// Warps per GEMV row: enough that each warp's share of a row keeps all its loads in flight at
+/// once. It depends on the row length only, so a token's sums are the same at every batch size.
+fn ksplit(cols: usize) -> i32 {
+    if cols >= 4096 {
+        4
+    } else {
+        2
+    }
+}
+
+/// GEMV blocks of 4 warps for `rows` rows at `ksplit` warps per row.
+fn gemv_blocks(rows: usize, ksplit: i32) -> u32 {
+    (rows as u32 * ksplit as u32).div_ceil(4)
+}
+
+// SAFETY: the raw driver handles (module, graphs) belong to this model's context, which every
+// entry point binds to the calling thread first (`Gpu::bind`); `&mut self` keeps one thread at a
+// time.
+unsafe impl Send for CudaModel {}
+
+/// Sizes fixed at load.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaLimits {
+    /// Most tokens per step.
+    pub max_tokens: usize,
+    /// Most logit rows per step.
+    pub max_rows: usize,
+    /// Most sequences per step.
+    pub max_seqs: usize,
+    /// Longest sequence.
+    pub max_context: usize,
+}
+
+fn matrix_bytes(m: &Matrix) -> Result<(&[u8], bool)> {
+    match &m.data {
+        MatrixData::F16(v) => Ok((bytemuck::cast_slice(v), false)),
+        MatrixData::BF16(v) => Ok((bytemuck::cast_slice(v), true)),
+        _ => Err(Error::Invalid {
+            what: "dtype",
+            why: "the CUDA backend runs f16 or bf16 weights; pass --dtype f16 or --dtype bf16".into(),
+        }),
+    }
+}
+
+impl CudaModel {
+    /// Uploads `model` to device `ordinal` and allocates the KV pool of `kv` and every buffer
+    /// for `limits`.
+    pub fn new(
+        model: &Model,
+        kv: KvShape,
+        limits: CudaLimits,
+        ordinal: usize,
+        opts: &CudaOptions,
+    ) -> Result<Self> {
+        let c = &model.config;
+        let (_, bf16) = matrix_bytes(&model.embed)?;
+        for (what, d) in [
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("head_dim", c.head_dim),
+        ] {
+            if d % 8 != 0 || c.head_dim > 256 {
+                return Err(Error::Invalid {
+                    what: "model shape",
+                    why: format!(
+                        "the CUDA kernels need {what} = {d} to be a multiple of 8 (head_dim <= 256)"
+                    ),
+                });
+            }
+        }
+        let gpu = Gpu::new(ordinal, opts)?;
+        let mat = |m: &Matrix| -> Result<DevBuf> {
+            let (bytes, b) = matrix_bytes(m)?;
+            debug_assert_eq!(b, bf16);
+            gpu.upload(bytes)
+        };
+        let vec = |v: &[f32]| gpu.upload(v);
+        let opt = |v: &Option<Vec<f32>>| v.as_deref().map(vec).transpose();
+        let elt = 2; // bytes of a storage element
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerBufs {
+                    sliding: l.attention == LayerAttention::Sliding,
+                    attn_norm: vec(&l.attn_norm)?,
+                    wqkv: mat(&l.wqkv)?,
+                    bqkv: opt(&l.bqkv)?,
+                    q_norm: opt(&l.q_norm)?,
+                    k_norm: opt(&l.k_norm)?,
+                    wo: mat(&l.wo)?,
+                    post_attn_norm: opt(&l.post_attn_norm)?,
+                    ffn_norm: vec(&l.ffn_norm)?,
+                    w_gate_up: mat(&l.w_gate_up)?,
+                    w_down: mat(&l.w_down)?,
+                    post_ffn_norm: opt(&l.post_ffn_norm)?,
+                    k_cache: DevBuf::new(kv.layer_len() * elt)?,
+                    v_cache: DevBuf::new(kv.layer_len() * elt)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (t, r) = (limits.max_tokens, limits.max_rows);
+        let (hidden, q_dim, ffn) = (c.hidden_size, c.q_dim(), c.intermediate_size);
+        let qkv_dim = q_dim + 2 * c.kv_dim();
+        let max_blocks = limits.max_context.div_ceil(kv.block_size);
+        let a = Arena {
+            x: DevBuf::new(t * hidden * 4)?,
+            h: DevBuf::new(t * hidden * 4)?,
+            hn: DevBuf::new(t * hidden * elt)?,
+            qkv: DevBuf::new(t * qkv_dim * 4)?,
+            q: DevBuf::new(t * q_dim * 4)?,
+            attn: DevBuf::new(t * q_dim * elt)?,
+            gate_up: DevBuf::new(t * 2 * ffn * 4)?,
+            act: DevBuf::new(t * ffn * elt)?,
+            part: DevBuf::new(MAX_GEMV_TOKENS * c.num_attention_heads * MAX_SPLITS * (c.head_dim + 2) * 4)?,
+            rows: DevBuf::new(r * hidden * elt)?,
+            logits: DevBuf::new(r * c.vocab_size * 4)?,
+            ids: DevBuf::new(r * 4)?,
+            inputs: DevBuf::new((3 * t + r + limits.max_seqs * max_blocks) * 4)?,
+            tokens: 0,
+            positions: 0,
+            token_seq: 0,
+            logit_rows: 0,
+            tables: 0,
+        };
+        let base = a.inputs.ptr();
+        let at = |words: usize| base + 4 * words as u64;
+        let a = Arena {
+            tokens: at(0),
+            positions: at(t),
+            token_seq: at(2 * t),
+            logit_rows: at(3 * t),
+            tables: at(3 * t + r),
+            ..a
+        };
+        let out = CudaModel {
+            embed: mat(&model.embed)?,
+            embed_scale: model.embed_scale,
+            lm_head: model.lm_head.as_ref().map(mat).transpose()?,
+            final_norm: vec(&model.final_norm)?,
+            rope: [vec(&model.rope_full)?, vec(&model.rope_local)?],
+            layers,
+            a,
+            cfg: c.clone(),
+            kv,
+            dt: if bf16 { "bf16" } else { "f16" },
+            max_tokens: t,
+            max_rows: r,
+            max_seqs: limits.max_seqs,
+            max_blocks,
+            graphs: (0..MAX_GEMV_TOKENS).map(|_| None).collect(),
+            use_graphs: opts.graphs,
+            staging: vec![0; 3 * t + r + limits.max_seqs * max_blocks],
+            host_ids: vec![0; r],
+            gpu,
+        };
+        out.gpu.sync()?;
+        Ok(out)
+    }
+
+    /// The device's name and NVRTC target, e.g. `NVIDIA H100 80GB HBM3 (sm_90a)`.
+    pub fn device_name(&self) -> String {
+        format!("{} ({})", self.gpu.name, super::arch_name(self.gpu.cc))
+    }
+
+    /// The device's memory in bytes.
+    pub fn device_memory(&self) -> usize {
+        self.gpu.total_mem
+    }
+
+    /// Runs one step: writes the batch's keys and values into the device KV pool, samples the
+    /// argmax of each logit row on the device and returns those ids. With `logits`, the rows'
+    /// logits (`[rows, vocab]`) are copied there too.
+    pub fn forward(&mut self, batch: &ForwardBatch<'_>, logits: Option<&mut [f32]>) -> Result<&[u32]> {
+        let n = batch.tokens.len();
+        let r = batch.logit_rows.len();
+        let n_seqs = batch.block_table_offsets.len().saturating_sub(1);
+        if n == 0 || n > self.max_tokens || r > self.max_rows || n_seqs > self.max_seqs {
+            return Err(Error::Invalid {
+                what: "batch",
+                why: format!(
+                    "{n} tokens, {r} logit rows, {n_seqs} sequences exceed the CUDA buffers ({}, {}, {})",
+                    self.max_tokens, self.max_rows, self.max_seqs
+                ),
+            });
+        }
+        self.gpu.bind()?;
+        // the step's inputs in one host image (block tables padded to max_blocks), one copy
+        let (t, rr) = (self.max_tokens, self.max_rows);
+        let st = &mut self.staging;
+        st[..n].copy_from_slice(batch.tokens);
+        st[t..t + n].copy_from_slice(batch.positions);
+        st[2 * t..2 * t + n].copy_from_slice(batch.token_seq);
+        st[3 * t..3 * t + r].copy_from_slice(batch.logit_rows);
+        let tables = 3 * t + rr;
+        for s in 0..n_seqs {
+            let (lo, hi) = (batch.block_table_offsets[s] as usize, batch.block_table_offsets[s + 1] as usize);
+            if hi - lo > self.max_blocks {
+                return Err(Error::Invalid {
+                    what: "batch",
+                    why: format!("a block table of {} blocks exceeds {}", hi - lo, self.max_blocks),
+                });
+            }
+            st[tables + s * self.max_blocks..][..hi - lo].copy_from_slice(&batch.block_table_data[lo..hi]);
+        }
+        self.gpu.htod(self.a.inputs.ptr(), &st[..tables + n_seqs * self.max_blocks])?;
+
+        if self.use_graphs && n <= MAX_GEMV_TOKENS && r == n {
+            if self.graphs[n - 1].is_none() {
+                self.gpu.begin_capture()?;
+                let enqueued = self.enqueue(n, r);
+                let graph = self.gpu.end_capture();
+                enqueued?;
+                self.graphs[n - 1] = Some(graph?);
+            }
+            let graph = self.graphs[n - 1].as_ref().expect("captured above");
+            self.gpu.replay(graph)?;
+        } else {
+            self.enqueue(n, r)?;
+        }
+        if r > 0 {
+            self.gpu.dtoh(&mut self.host_ids[..r], self.a.ids.ptr())?;
+        }
+        if let Some(out) = logits {
+            let len = r * self.cfg.vocab_size;
+            self.gpu.dtoh(&mut out[..len], self.a.logits.ptr())?;
+        }
+        Ok(&self.host_ids[..r])
+    }
+
+    /// Enqueues a whole step of `n` tokens and `r` logit rows on the stream.
+    fn enqueue(&self, n: usize, r: usize) -> Result<()> {
+        let c = &self.cfg;
+        let (g, a, dt) = (&self.gpu, &self.a, self.dt);
+        let (hidden, hd) = (c.hidden_size as i32, c.head_dim as i32);
+        let (n_heads, n_kv) = (c.num_attention_heads as i32, c.num_key_value_heads as i32);
+        let (q_dim, kv_dim, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let eps = c.rms_norm_eps;
+        let act = match c.hidden_act {
+            Activation::Silu => 0i32,
+            Activation::GeluTanh => 1,
+        };
+        let opt = |b: &Option<DevBuf>| b.as_ref().map_or(0u64, |b| b.ptr());
+        let nu = n as u32;
+
+        // embed
+        launch!(g, format!("embed_{dt}"), (nu, 1), 1024, 0; a.tokens, self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
+        let first = &self.layers[0];
+        launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 1024, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            // QKV projection, then bias, q/k norms, RoPE and the KV write in one kernel
+            self.matmul(a.hn.ptr(), n, &l.wqkv, a.qkv.ptr(), q_dim + 2 * kv_dim, c.hidden_size, 0.0)?;
+            let n_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) as u32;
+            launch!(g, format!("rope_kv_{dt}"), (nu, n_rows), hd as u32, 0;
+                a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
+                a.positions, a.token_seq, a.tables, self.max_blocks as i32,
+                l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
+            // attend over cached keys
+            let window = if l.sliding { c.sliding_window.unwrap_or(0) as i32 } else { 0 };
+            let cap = c.attn_logit_softcapping.unwrap_or(0.0);
+            // decode splits each head's positions so the chip is busy at batch 1; the count does not
+            // depend on the batch, so a sequence's tokens are the same alone or batched
+            let splits = if n <= MAX_GEMV_TOKENS {
+                (g.sm_count / c.num_attention_heads).clamp(1, MAX_SPLITS)
+            } else {
+                1
+            };
+            let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
+            launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
+                a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
+                self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
+                c.attn_scale(), window, cap)?;
+            if splits > 1 {
+                launch!(g, format!("attention_combine_{dt}"), (nu * n_heads as u32, 1), hd as u32, 0;
+                    a.part.ptr(), a.attn.ptr(), splits as i32, hd)?;
+            }
+            // output projection; residual (+ post-norm) fused with the MLP's input norm
+            self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), c.hidden_size, q_dim, 0.0)?;
+            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
+                a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
+            // MLP: fused gate/up with the activation, down projection
+            if n <= MAX_GEMV_TOKENS {
+                let ks = ksplit(c.hidden_size);
+                launch!(g, format!("gemv_gated_{dt}_n{n}"), (gemv_blocks(ffn, ks), 1), 128, 0;
+                    l.w_gate_up.ptr(), a.hn.ptr(), a.act.ptr(), ffn as i32, hidden, act, ks)?;
+            } else {
+                g.gemm(
+                    dt == "bf16",
+                    a.hn.ptr(),
+                    l.w_gate_up.ptr(),
+                    a.gate_up.ptr(),
+                    n,
+                    2 * ffn,
+                    c.hidden_size,
+                )?;
+                launch!(g, format!("gated_act_{dt}"), ((ffn as u32).div_ceil(256), nu), 256, 0;
+                    a.gate_up.ptr(), a.act.ptr(), ffn as i32, act)?;
+            }
+            self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), c.hidden_size, ffn, 0.0)?;
+            let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
+            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
+                a.x.ptr(), a.h.ptr(), opt(&l.post_ffn_norm), next_norm, a.hn.ptr(), hidden, eps)?;
+        }
+        if r == 0 {
+            return Ok(());
+        }
+        // final norm and LM head for the requested rows, then greedy ids
+        let ru = r as u32;
+        launch!(g, format!("rmsnorm_{dt}"), (ru, 1), 1024, 0;
+            a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows, hidden, eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let cap = c.final_logit_softcapping.unwrap_or(0.0);
+        self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), c.vocab_size, c.hidden_size, cap)?;
+        launch!(g, "argmax_f32", (ru, 1), 1024, 0; a.logits.ptr(), c.vocab_size as i32, a.ids.ptr())
+    }
+
+    /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
+    /// up to [`MAX_GEMV_TOKENS`] tokens, cuBLAS above.
+    fn matmul(
+        &self,
+        x: u64,
+        n: usize,
+        w: &DevBuf,
+        out: u64,
+        rows: usize,
+        cols: usize,
+        cap: f32,
+    ) -> Result<()> {
+        let dt = self.dt;
+        if n <= MAX_GEMV_TOKENS {
+            let ks = ksplit(cols);
+            return launch!(self.gpu, format!("gemv_{dt}_n{n}"), (gemv_blocks(rows, ks), 1), 128, 0;
+                w.ptr(), x, out, rows as i32, cols as i32, cap, ks);
+        }
+        self.gpu.gemm(dt == "bf16", x, w.ptr(), out, n, rows, cols)?;
+        if cap > 0.0 {
+            let len = (n * rows) as i32;
+            launch!(self.gpu, "softcap_f32", ((len as u32).div_ceil(256), 1), 256, 0; out, len, cap)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Where a step's forward pass runs: the engine's one seam between the CPU reference and the
+//! CUDA backend. Both take the same [`ForwardBatch`] and leave the same thing behind — a chosen
+//! token for every logit row — so planning, sampling state, streaming and scheduling above this
+//! are shared.
+
+use crate::backend::cuda::{self, CudaLimits, CudaModel};
+use crate::backend::Device;
+use crate::kv::{KvCache, KvShape};
+use crate::model::{ForwardBatch, Model, Scratch};
+use crate::quant::WeightFormat;
+use crate::sampling::TokenHistory;
+use crate::{Error, Result};
+
+use super::{EngineConfig, Sequence};
+
+/// The forward pass and the memory it runs on.
+pub(crate) enum Executor {
+    Cpu { kv: KvCache, scratch: Box<Scratch> },
+    Cuda { model: Box<CudaModel>, logits: Vec<f32> },
+}
+
+impl Executor {
+    /// Allocates the KV pool and buffers on the configured device.
+    pub(crate) fn new(model: &Model, cfg: &EngineConfig, kv: KvShape) -> Result<Executor> {
+        let max_rows = cfg.max_batch_tokens.max(cfg.max_seqs);
+        let on_gpu = match cfg.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(n),
+            // auto takes the GPU only for the weight formats it runs
+            Device::Auto => (cuda::device_count() > 0
+                && matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16))
+            .then_some(0),
+        };
+        let Some(ordinal) = on_gpu else {
+            let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
+            return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch: Box::new(scratch) });
+        };
+        if !matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16) {
+            return Err(Error::Invalid {
+                what: "dtype",
+                why: format!(
+                    "the CUDA backend runs f16 or bf16 weights, not {:?}; pass --dtype f16",
+                    cfg.weight_format
+                ),
+            });
+        }
+        let limits = CudaLimits {
+            max_tokens: cfg.max_batch_tokens,
+            max_rows,
+            max_seqs: cfg.max_seqs.max(1),
+            max_context: cfg.max_context(),
+        };
+        let gpu = CudaModel::new(model, kv, limits, ordinal, &cfg.cuda)?;
+        Ok(Executor::Cuda { model: Box::new(gpu), logits: vec![0.0; max_rows * model.config.vocab_size] })
+    }
+
+    /// The device name and memory in bytes, when running on a GPU.
+    pub(crate) fn device(&self) -> Option<(String, usize)> {
+        match self {
+            Executor::Cpu { .. } => None,
+            Executor::Cuda { model, .. } => Some((model.device_name(), model.device_memory())),
+        }
+    }
+
+    /// Runs `batch` and samples a token for each logit row `r`, whose sequence is
+    /// `seqs[owner[r]]`; `push(seq, token)` records it.
+    pub(crate) fn forward_sample(
+        &mut self,
+        model: &Model,
+        pool: &rayon::ThreadPool,
+        batch: &ForwardBatch<'_>,
+        seqs: &mut [&mut Sequence],
+        owner: &[usize],
+    ) -> Result<()> {
+        let n_vocab = model.config.vocab_size;
+        match self {
+            Executor::Cpu { kv, scratch } => {
+                pool.install(|| {
+                    model.forward(batch, kv, scratch);
+                });
+                for (row, &i) in owner.iter().enumerate() {
+                    let seq = &mut *seqs[i];
+                    let logits = &mut scratch.logits_mut()[row * n_vocab..(row + 1) * n_vocab];
+                    let sampled = seq.sampler.sample(logits, TokenHistory::split(&seq.tokens, seq.n_prompt));
+                    seq.push_sampled(sampled);
+                }
+            }
+            Executor::Cuda { model: gpu, logits } => {
+                // only the ids come back, unless a row needs its logits on the host
+                let host = owner.iter().any(|&i| !seqs[i].sampler.is_plain_argmax());
+                let ids = gpu.forward(batch, host.then_some(&mut logits[..]))?;
+                for (row, &i) in owner.iter().enumerate() {
+                    let seq = &mut *seqs[i];
+                    // the device's argmax where the sampler is a plain argmax, else the host sampler
+                    let sampled = if seq.sampler.is_plain_argmax() {
+                        seq.sampler.take_argmax(ids[row])
+                    } else {
+                        let row_logits = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+                        seq.sampler.sample(row_logits, TokenHistory::split(&seq.tokens, seq.n_prompt))
+                    };
+                    seq.push_sampled(sampled);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The logits of every row of `batch` (`[rows, vocab]`).
+    pub(crate) fn forward_logits(
+        &mut self,
+        model: &Model,
+        pool: &rayon::ThreadPool,
+        batch: &ForwardBatch<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        match self {
+            Executor::Cpu { kv, scratch } => {
+                out.extend_from_slice(pool.install(|| model.forward(batch, kv, scratch)))
+            }
+            Executor::Cuda { model: gpu, logits } => {
+                gpu.forward(batch, Some(&mut logits[..]))?;
+                out.extend_from_slice(&logits[..batch.logit_rows.len() * model.config.vocab_size]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Most logit rows of one step.
+    pub(crate) fn max_logit_rows(&self, cfg: &EngineConfig) -> usize {
+        match self {
+            Executor::Cpu { scratch, .. } => scratch.max_logit_rows(),
+            Executor::Cuda { .. } => cfg.max_batch_tokens.max(cfg.max_seqs),
+        }
+    }
+}
