@@ -142,7 +142,7 @@ pub async fn completions(
         created: openai::created(),
         state: state.clone(),
     };
-    let generation = openai::start(&state, prompt, params).await?;
+    let generation = openai::start(&state, prompt, params, &common).await?;
     if common.stream {
         Ok(stream(Arc::new(meta), generation))
     } else {

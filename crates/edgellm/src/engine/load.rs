@@ -109,7 +109,7 @@ impl Engine {
         let scratch = Scratch::new(c, cfg.max_batch_tokens, cfg.max_batch_tokens.max(cfg.max_seqs));
         Ok(Engine {
             kv: KvCache::new(shape),
-            alloc: BlockAllocator::new(shape.n_blocks),
+            alloc: BlockAllocator::new(shape.n_blocks, shape.block_size),
             scratch,
             step: StepBuffers::with_capacity(&cfg),
             template,

@@ -11,6 +11,7 @@
 mod config;
 mod eval;
 mod load;
+mod prefix;
 mod sequence;
 
 use std::ops::ControlFlow;
@@ -19,6 +20,7 @@ use std::time::Instant;
 pub use config::EngineConfig;
 pub use eval::Perplexity;
 pub use load::OpenedSource;
+pub use prefix::PrefixHit;
 pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
 
 use crate::kv::{BlockAllocator, KvCache};
@@ -125,10 +127,14 @@ impl Engine {
         self.pool.clone()
     }
 
-    /// Returns a sequence's KV blocks to the pool.
+    /// Returns a sequence's KV blocks to the pool (full ones stay in the prefix cache until the
+    /// pool needs them). An unfinished sequence released this way (preempted) can run again: it
+    /// recomputes its KV, taking what the prefix cache still holds.
     pub fn release(&mut self, seq: &mut Sequence) {
         seq.table.free(&mut self.alloc);
         seq.n_cached = 0;
+        seq.n_registered = 0;
+        seq.prefix_attached = false;
     }
 
     /// Runs `seqs` until each has finished, calling `on_event(index, event)` for every generated
@@ -210,6 +216,9 @@ impl Engine {
         self.pool.install(|| {
             model.forward(&batch, kv, scratch);
         });
+        for k in 0..self.step.seq_index.len() {
+            self.register_full_blocks(seqs[self.step.seq_index[k]]);
+        }
         let n_vocab = self.model.config.vocab_size;
         for row in 0..self.step.row_owner.len() {
             let seq = &mut *seqs[self.step.row_owner[row]];
@@ -230,8 +239,8 @@ impl Engine {
             if seq.finish.is_some() || budget == 0 {
                 continue;
             }
-            let pending = seq.tokens.len() - seq.n_cached;
-            let take = pending.min(budget);
+            self.attach_cached_prefix(seq);
+            let take = seq.step_tokens(budget);
             if seq.table.reserve(take, block_size, &mut self.alloc).is_err() {
                 // the pool is exhausted: this sequence ends, the others go on
                 seq.finish = Some(FinishReason::Error);
