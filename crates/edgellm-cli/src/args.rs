@@ -24,6 +24,8 @@ Examples:
                                           answer with the default model (pulled on first use)
   edgellm chat gemma-3-270m               chat with another registry model
   edgellm run ./model.gguf --raw -p \"def fib(n):\" -n 64 --json
+  edgellm infer --input requests.json --output responses.json --profile
+                                          a batch request file, TensorRT-Edge-LLM's format
   edgellm eval ppl --text license.txt     perplexity of the default model on a text
   edgellm tokenize qwen2.5-coder-0.5b-instruct \"hello world\" --json
   edgellm inspect ./model.gguf            metadata and tensor table
@@ -56,6 +58,8 @@ pub enum Command {
     Chat(commands::chat::ChatArgs),
     /// Serve a model over an OpenAI-compatible HTTP API
     Serve(commands::serve::ServeArgs),
+    /// Run a file of requests (TensorRT-Edge-LLM's input JSON) and write the responses
+    Infer(commands::infer::InferArgs),
     /// Evaluate a model (perplexity)
     Eval(commands::eval::EvalArgs),
     /// Print the token ids (and pieces) of a text

@@ -66,7 +66,7 @@ fn openai_client_against_serve() {
     let child = Command::new(env!("CARGO_BIN_EXE_edgellm"))
         .arg("serve")
         .arg(&model)
-        .args(["--port", "0", "--api-key", key, "--max-seqs", "4", "--ctx", "1024", "--dtype", "bf16"])
+        .args(["--port", "0", "--api-key", key, "--max-seqs", "8", "--ctx", "1024", "--dtype", "bf16"])
         .args(["--served-model-name", MODEL])
         .stdout(Stdio::piped())
         .spawn()

@@ -1,21 +1,19 @@
 //! `POST /v1/chat/completions`: messages rendered with the model's chat template, answered
 //! whole or streamed as `chat.completion.chunk` events.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use edgellm::engine::{Completion, Prompt};
-use edgellm::scheduler::{GeneratedToken, RequestEvent};
+use edgellm::scheduler::GeneratedToken;
 use edgellm::ChatMessage;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::openai::{self, CommonFields, Generation};
+use crate::openai::{self, CommonFields};
+use crate::respond::{respond, Shape};
 use crate::AppState;
 
 /// The request body.
@@ -54,50 +52,51 @@ impl ChatRequest {
     }
 }
 
-/// What every chunk or response of one request repeats.
-struct Meta {
-    state: AppState,
-    id: String,
-    created: u64,
-    logprobs: bool,
-    include_usage: bool,
+/// The `chat.completion` shape.
+pub struct Chat;
+
+/// One token's entry of OpenAI's chat logprobs.
+fn logprob_entry(state: &AppState, t: &GeneratedToken) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let token = openai::token_text(state, id);
+        json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() })
+    };
+    let mut v = entry(t.id, t.logprob.unwrap_or(0.0));
+    v["top_logprobs"] = t.top_logprobs.iter().map(|a| entry(a.id, a.logprob)).collect();
+    v
 }
 
-impl Meta {
-    fn chunk(&self, delta: Value, logprobs: Value, finish: Option<&str>) -> Value {
-        let mut chunk = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": &*self.state.model_name,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+impl Shape for Chat {
+    type Logprobs = Vec<Value>;
+    const ID_PREFIX: &'static str = "chatcmpl";
+    const OBJECT: &'static str = "chat.completion";
+    const CHUNK_OBJECT: &'static str = "chat.completion.chunk";
+
+    fn push_logprob(&self, state: &AppState, logprobs: &mut Vec<Value>, token: &GeneratedToken) {
+        logprobs.push(logprob_entry(state, token));
     }
 
-    fn logprob(&self, t: &GeneratedToken) -> Value {
-        let entry = |id: u32, logprob: f32| {
-            let token = openai::token_text(&self.state, id);
-            json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() })
-        };
-        let mut v = entry(t.id, t.logprob.unwrap_or(0.0));
-        v["top_logprobs"] = t.top_logprobs.iter().map(|a| entry(a.id, a.logprob)).collect();
-        v
+    fn logprobs_value(&self, logprobs: Vec<Value>) -> Value {
+        json!({ "content": logprobs })
     }
 
-    fn response(&self, c: &Completion, logprobs: Vec<Value>) -> Value {
+    fn choice(&self, c: &Completion, logprobs: Value) -> Value {
         json!({
-            "id": self.id, "object": "chat.completion", "created": self.created,
-            "model": &*self.state.model_name,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": c.text },
-                "logprobs": if self.logprobs { json!({ "content": logprobs }) } else { Value::Null },
-                "finish_reason": c.finish_reason.as_str(),
-            }],
-            "usage": openai::usage(c),
+            "index": 0,
+            "message": { "role": "assistant", "content": c.text },
+            "logprobs": logprobs,
+            "finish_reason": c.finish_reason.as_str(),
         })
+    }
+
+    fn chunk_choice(&self, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
+        let delta = if finish.is_some() { json!({}) } else { json!({ "content": text }) };
+        json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
+    }
+
+    fn opening_choice(&self) -> Option<Value> {
+        let delta = json!({ "role": "assistant", "content": "" });
+        Some(json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": null }))
     }
 }
 
@@ -108,63 +107,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let (prompt, params, common) = request.into_parts()?;
-    let meta = Meta {
-        logprobs: params.logprobs.is_some(),
-        include_usage: common.include_usage(),
-        id: openai::response_id("chatcmpl"),
-        created: openai::created(),
-        state: state.clone(),
-    };
-    let generation = openai::start(&state, prompt, params).await?;
-    if common.stream {
-        Ok(stream(Arc::new(meta), generation))
-    } else {
-        whole(meta, generation).await
-    }
-}
-
-async fn whole(meta: Meta, mut generation: Generation) -> Result<Response, ApiError> {
-    let mut logprobs = Vec::new();
-    while let Some(event) = generation.events.recv().await {
-        match event {
-            RequestEvent::Token(t) if meta.logprobs => logprobs.push(meta.logprob(&t)),
-            RequestEvent::Done(c) => return Ok(Json(meta.response(&c, logprobs)).into_response()),
-            RequestEvent::Error(e) => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Err(edgellm::Error::SchedulerStopped.into())
-}
-
-fn stream(meta: Arc<Meta>, generation: Generation) -> Response {
-    let first = meta.chunk(json!({ "role": "assistant", "content": "" }), Value::Null, None);
-    let rest = futures_util::stream::unfold(Some((meta, generation.events)), |state| async move {
-        let (meta, mut events) = state?;
-        loop {
-            let chunks = match events.recv().await? {
-                RequestEvent::Token(t) if !t.text.is_empty() || meta.logprobs => {
-                    let logprobs =
-                        if meta.logprobs { json!({ "content": [meta.logprob(&t)] }) } else { Value::Null };
-                    vec![meta.chunk(json!({ "content": t.text }), logprobs, None)]
-                }
-                RequestEvent::Done(c) => {
-                    let mut chunks = vec![meta.chunk(json!({}), Value::Null, Some(c.finish_reason.as_str()))];
-                    if meta.include_usage {
-                        let mut last = meta.chunk(json!({}), Value::Null, None);
-                        last["choices"] = json!([]);
-                        last["usage"] = openai::usage(&c);
-                        chunks.push(last);
-                    }
-                    return Some((chunks, None));
-                }
-                RequestEvent::Error(e) => return Some((vec![ApiError::from(e).body()], None)),
-                _ => continue,
-            };
-            return Some((chunks, Some((meta, events))));
-        }
-    });
-    let chunks = futures_util::stream::once(async { first }).chain(rest.flat_map(futures_util::stream::iter));
-    openai::sse(chunks)
+    respond(state, Chat, prompt, params, common).await
 }
 
 #[cfg(test)]

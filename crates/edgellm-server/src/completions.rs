@@ -1,20 +1,18 @@
 //! `POST /v1/completions`: plain-text (or token-id) prompts continued as they are, answered
 //! whole or streamed as `text_completion` events.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use edgellm::engine::{Completion, Prompt};
-use edgellm::scheduler::{GeneratedToken, RequestEvent};
-use futures_util::StreamExt;
+use edgellm::scheduler::GeneratedToken;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::openai::{self, CommonFields, Generation};
+use crate::openai::{self, CommonFields};
+use crate::respond::{respond, Shape};
 use crate::AppState;
 
 /// OpenAI's legacy default for `max_tokens` on this endpoint.
@@ -78,17 +76,9 @@ impl CompletionRequest {
     }
 }
 
-struct Meta {
-    state: AppState,
-    id: String,
-    created: u64,
-    logprobs: bool,
-    include_usage: bool,
-}
-
 /// OpenAI's legacy logprobs object, built a token at a time.
 #[derive(Default)]
-struct Logprobs {
+pub struct Logprobs {
     tokens: Vec<Value>,
     token_logprobs: Vec<Value>,
     top_logprobs: Vec<Value>,
@@ -96,35 +86,41 @@ struct Logprobs {
     offset: usize,
 }
 
-impl Logprobs {
-    fn push(&mut self, state: &AppState, t: &GeneratedToken) {
+/// The `text_completion` shape.
+pub struct TextCompletion;
+
+impl Shape for TextCompletion {
+    type Logprobs = Logprobs;
+    const ID_PREFIX: &'static str = "cmpl";
+    const OBJECT: &'static str = "text_completion";
+    const CHUNK_OBJECT: &'static str = "text_completion";
+
+    fn push_logprob(&self, state: &AppState, lp: &mut Logprobs, t: &GeneratedToken) {
         let token = openai::token_text(state, t.id);
-        self.text_offset.push(self.offset.into());
-        self.offset += token.len();
-        self.tokens.push(token.into());
-        self.token_logprobs.push(t.logprob.unwrap_or(0.0).into());
+        lp.text_offset.push(lp.offset.into());
+        lp.offset += token.len();
+        lp.tokens.push(token.into());
+        lp.token_logprobs.push(t.logprob.unwrap_or(0.0).into());
         let top: Map<String, Value> =
             t.top_logprobs.iter().map(|a| (openai::token_text(state, a.id), a.logprob.into())).collect();
-        self.top_logprobs.push(top.into());
+        lp.top_logprobs.push(top.into());
     }
 
-    fn take(&mut self) -> Value {
+    fn logprobs_value(&self, lp: Logprobs) -> Value {
         json!({
-            "tokens": std::mem::take(&mut self.tokens),
-            "token_logprobs": std::mem::take(&mut self.token_logprobs),
-            "top_logprobs": std::mem::take(&mut self.top_logprobs),
-            "text_offset": std::mem::take(&mut self.text_offset),
+            "tokens": lp.tokens,
+            "token_logprobs": lp.token_logprobs,
+            "top_logprobs": lp.top_logprobs,
+            "text_offset": lp.text_offset,
         })
     }
-}
 
-impl Meta {
-    fn body(&self, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
-        json!({
-            "id": self.id, "object": "text_completion", "created": self.created,
-            "model": &*self.state.model_name,
-            "choices": [{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish }],
-        })
+    fn choice(&self, c: &Completion, logprobs: Value) -> Value {
+        self.chunk_choice(&c.text, logprobs, Some(c.finish_reason.as_str()))
+    }
+
+    fn chunk_choice(&self, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
+        json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish })
     }
 }
 
@@ -135,83 +131,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let (prompt, params, common) = request.into_parts()?;
-    let meta = Meta {
-        logprobs: params.logprobs.is_some(),
-        include_usage: common.include_usage(),
-        id: openai::response_id("cmpl"),
-        created: openai::created(),
-        state: state.clone(),
-    };
-    let generation = openai::start(&state, prompt, params).await?;
-    if common.stream {
-        Ok(stream(Arc::new(meta), generation))
-    } else {
-        whole(meta, generation).await
-    }
-}
-
-async fn whole(meta: Meta, mut generation: Generation) -> Result<Response, ApiError> {
-    let mut logprobs = Logprobs::default();
-    while let Some(event) = generation.events.recv().await {
-        match event {
-            RequestEvent::Token(t) if meta.logprobs => logprobs.push(&meta.state, &t),
-            RequestEvent::Done(c) => {
-                let lp = if meta.logprobs { logprobs.take() } else { Value::Null };
-                let mut body = meta.body(&c.text, lp, Some(c.finish_reason.as_str()));
-                body["usage"] = openai::usage(&c);
-                return Ok(Json(body).into_response());
-            }
-            RequestEvent::Error(e) => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Err(edgellm::Error::SchedulerStopped.into())
-}
-
-fn stream(meta: Arc<Meta>, generation: Generation) -> Response {
-    let chunks = futures_util::stream::unfold(Some((meta, generation.events)), |state| async move {
-        let (meta, mut events) = state?;
-        loop {
-            let chunk = match events.recv().await? {
-                RequestEvent::Token(t) if !t.text.is_empty() || meta.logprobs => {
-                    let lp = if meta.logprobs {
-                        let mut lp = Logprobs::default();
-                        lp.push(&meta.state, &t);
-                        lp.take()
-                    } else {
-                        Value::Null
-                    };
-                    meta.with_usage_field(meta.body(&t.text, lp, None))
-                }
-                RequestEvent::Done(c) => return Some((meta.last_chunks(&c), None)),
-                RequestEvent::Error(e) => return Some((vec![ApiError::from(e).body()], None)),
-                _ => continue,
-            };
-            return Some((vec![chunk], Some((meta, events))));
-        }
-    });
-    openai::sse(chunks.flat_map(futures_util::stream::iter))
-}
-
-impl Meta {
-    fn with_usage_field(&self, mut chunk: Value) -> Value {
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
-    }
-
-    fn last_chunks(&self, c: &Completion) -> Vec<Value> {
-        let mut chunks =
-            vec![self.with_usage_field(self.body("", Value::Null, Some(c.finish_reason.as_str())))];
-        if self.include_usage {
-            let mut last = self.body("", Value::Null, None);
-            last["choices"] = json!([]);
-            last["usage"] = openai::usage(c);
-            chunks.push(last);
-        }
-        chunks
-    }
+    respond(state, TextCompletion, prompt, params, common).await
 }
 
 #[cfg(test)]

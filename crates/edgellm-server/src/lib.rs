@@ -1,8 +1,9 @@
 //! An OpenAI-compatible HTTP API over the edgellm engine (axum on tokio).
 //!
 //! The engine runs on the [`Scheduler`]'s own thread (continuous batching); handlers submit
-//! requests to it and turn its events into JSON responses or server-sent events. Endpoints: one
-//! file each ([`chat`], [`completions`], [`models`], [`metrics`]); errors take OpenAI's shape in
+//! requests to it and turn its events into JSON responses or server-sent events, through one
+//! mechanism for both generation endpoints ([`respond`]). Endpoints: one file each ([`chat`],
+//! [`completions`], [`models`], [`metrics`]); errors take OpenAI's shape in
 //! [`error`]. A client that disconnects drops its event receiver, which cancels its request and
 //! frees its KV blocks; ctrl-c stops accepting connections and lets in-flight responses finish.
 
@@ -12,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod openai;
+pub mod respond;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! `GET /health` and `GET /metrics` (Prometheus text format): queue depth, running sequences,
-//! KV blocks, token counters and throughput, TTFT and TPOT histograms.
+//! KV blocks (used, free, cached, pinned), token counters, prefix cache hit rate, preemptions,
+//! throughput, TTFT and TPOT histograms.
 
 use std::fmt::Write;
 
@@ -35,9 +36,45 @@ pub fn render(m: &MetricsSnapshot) -> String {
     };
     metric("requests_waiting", "gauge", "Requests queued for a batch slot.", m.waiting as f64);
     metric("requests_running", "gauge", "Sequences in the running batch.", m.running as f64);
-    metric("kv_blocks_used", "gauge", "KV cache blocks held by sequences.", m.kv_blocks_used() as f64);
-    metric("kv_blocks_free", "gauge", "KV cache blocks free.", m.kv_blocks_free as f64);
+    metric("kv_blocks_total", "gauge", "KV cache blocks in the pool.", m.kv_blocks_total as f64);
+    metric("kv_blocks_used", "gauge", "KV cache blocks held by sequences.", m.kv_blocks_used as f64);
+    metric(
+        "kv_blocks_free",
+        "gauge",
+        "KV cache blocks free (cached ones included).",
+        m.kv_blocks_free as f64,
+    );
+    metric(
+        "kv_blocks_cached",
+        "gauge",
+        "Free KV cache blocks holding a reusable prefix.",
+        m.kv_blocks_cached as f64,
+    );
+    metric(
+        "kv_blocks_pinned",
+        "gauge",
+        "KV cache blocks of saved system prompts.",
+        m.kv_blocks_pinned as f64,
+    );
     metric("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", m.prompt_tokens as f64);
+    metric(
+        "prompt_tokens_cached_total",
+        "counter",
+        "Prompt tokens whose KV came from the prefix cache.",
+        m.prompt_tokens_cached as f64,
+    );
+    metric(
+        "prefix_cache_hit_rate",
+        "gauge",
+        "Share of prompt tokens served from the prefix cache.",
+        m.prefix_hit_rate(),
+    );
+    metric(
+        "preemptions_total",
+        "counter",
+        "Running sequences preempted for KV space (recomputed later).",
+        m.preemptions as f64,
+    );
     metric("generation_tokens_total", "counter", "Tokens generated.", m.generated_tokens as f64);
     metric("generation_tokens_per_second", "gauge", "Recent generation throughput.", m.tokens_per_s);
     metric(

@@ -75,6 +75,10 @@ pub struct CommonFields {
     pub stream: bool,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
+    /// Keep the KV of the system messages cached for good (TensorRT-Edge-LLM's extension
+    /// field; any shared prefix is reused without it, but may be evicted under pressure).
+    #[serde(default)]
+    pub save_system_prompt_kv_cache: bool,
 }
 
 impl CommonFields {
@@ -155,9 +159,18 @@ pub struct Generation {
 }
 
 /// Submits a request and waits until the scheduler has tokenized and queued it.
-pub async fn start(state: &AppState, prompt: Prompt, params: SamplingParams) -> Result<Generation, ApiError> {
+pub async fn start(
+    state: &AppState,
+    prompt: Prompt,
+    params: SamplingParams,
+    common: &CommonFields,
+) -> Result<Generation, ApiError> {
     let (tx, mut events) = mpsc::unbounded_channel();
-    state.scheduler.submit(Request { prompt, params, sink: Box::new(ChannelSink(tx)) })?;
+    let request = Request {
+        pin_system_prompt: common.save_system_prompt_kv_cache,
+        ..Request::new(prompt, params, Box::new(ChannelSink(tx)))
+    };
+    state.scheduler.submit(request)?;
     match events.recv().await {
         Some(RequestEvent::Accepted { prompt_tokens }) => Ok(Generation { events, prompt_tokens }),
         Some(RequestEvent::Error(e)) => Err(e.into()),

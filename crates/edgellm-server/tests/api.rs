@@ -166,3 +166,35 @@ async fn api_key() {
     let (s, _) = call(&app, "GET", "/health", None, None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn prefix_cache_shows_in_usage_and_metrics() {
+    let app = app(None, 1 << 20);
+    let prompt: Vec<u32> = (100..170).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "ignore_eos": true});
+    let (_, first) = post(&app, "/v1/completions", body.clone()).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{first}");
+    let (_, second) = post(&app, "/v1/completions", body).await;
+    // 70 tokens: four full blocks of 16 come from the cache
+    assert_eq!(second["usage"]["prompt_tokens_details"]["cached_tokens"], 64, "{second}");
+    assert_eq!(second["choices"][0]["text"], first["choices"][0]["text"]);
+
+    // the extension field pins the system prompt's blocks
+    let system = "you are a helpful assistant that answers briefly. ".repeat(4);
+    let chat = json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+                      "max_tokens": 2, "save_system_prompt_kv_cache": true});
+    let (status, body) = post(&app, "/v1/chat/completions", chat).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (_, text) = call(&app, "GET", "/metrics", None, None).await;
+    let value = |name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{text}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(value("edgellm_prompt_tokens_cached_total"), 64.0);
+    assert!(value("edgellm_prefix_cache_hit_rate") > 0.0);
+    assert!(value("edgellm_kv_blocks_cached") >= 4.0, "{text}");
+    assert!(value("edgellm_kv_blocks_pinned") >= 2.0, "{text}");
+    assert_eq!(value("edgellm_kv_blocks_used"), 0.0);
+}

@@ -29,7 +29,7 @@ impl OneSeq {
         };
         OneSeq {
             kv: KvCache::new(shape),
-            alloc: BlockAllocator::new(64),
+            alloc: BlockAllocator::new(shape.n_blocks, shape.block_size),
             table: BlockTable::default(),
             scratch: Scratch::new(c, max_tokens, max_tokens),
         }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod eval;
+pub mod infer;
 pub mod inspect;
 pub mod models;
 pub mod pull;
@@ -67,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Run(a) => run::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Chat(a) => chat::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Serve(a) => serve::run(&a, &ctx.resolve_model(a.model.as_deref())?),
+        Command::Infer(a) => infer::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Eval(a) => match &a.what {
             eval::EvalCommand::Ppl(p) => eval::ppl(p, &ctx.resolve_model(p.model.as_deref())?),
         },

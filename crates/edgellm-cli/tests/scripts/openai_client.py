@@ -3,18 +3,24 @@
 Usage: openai_client.py BASE_URL API_KEY MODEL
 
 Checks chat and completions, streamed and not, stop strings, seeds, logprobs, continuous
-batching (concurrent greedy requests give what they give alone), client disconnects, and that
-bad requests get 4xx OpenAI errors while the server keeps serving. Generations stay short: the
-tests run on a CPU.
+batching (8 concurrent greedy streams give exactly what each gives alone), prefix caching (a
+second request sharing a ~200-token system prompt reuses >= 190 tokens and gets its first token
+sooner), client disconnects (50 streams dropped mid-way leave no KV block in use), and that bad
+requests get 4xx OpenAI errors while the server keeps serving. Generations stay short: the tests
+run on a CPU.
 """
 
 import json
+import os
 import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../edgellm-server/scripts"))
+from bench_serve import SYSTEM, stream_ttft  # noqa: E402
 
 BASE, KEY, MODEL = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
@@ -94,14 +100,39 @@ def main():
     check(len(lp.tokens) == 6 and len(lp.top_logprobs[0]) <= 2, "logprobs (completions)")
     check("".join(lp.tokens) == r.choices[0].text, "logprobs (completions): tokens spell the text")
 
-    # continuous batching: concurrent greedy requests give what they give alone
-    prompts = ["def add(a, b):\n", "class Stack:\n", "import numpy as np\n", "# sort a list\n"]
-    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0).choices[0].text
-             for p in prompts]
+    # continuous batching: 8 concurrent greedy streams give exactly the tokens of each alone
+    prompts = ["def add(a, b):\n", "class Stack:\n", "import numpy as np\n", "# sort a list\n",
+               "def is_prime(n):\n", "# read a CSV file\n", "class Point:\n", "async def fetch(url):\n"]
+
+    def tokens(prompt, stream):
+        kw = dict(model=MODEL, prompt=prompt, max_tokens=10, temperature=0, logprobs=0,
+                  extra_body={"ignore_eos": True})
+        if not stream:
+            return client.completions.create(**kw).choices[0].logprobs.tokens
+        chunks = client.completions.create(stream=True, **kw)
+        return [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+
+    alone = [tokens(p, False) for p in prompts]
     with ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda p: client.completions.create(
-            model=MODEL, prompt=p, max_tokens=8, temperature=0).choices[0].text, prompts))
-    check(together == alone, f"batching: concurrent == alone {together!r}")
+        together = list(pool.map(lambda p: tokens(p, True), prompts))
+    check(all(len(t) == 10 for t in alone), "batching: 10 tokens each")
+    check(together == alone, f"batching: 8 concurrent streams == each alone {together!r}")
+
+    # prefix caching: a second request sharing a ~200-token system prompt reuses its KV
+    system = f"Run {time.time_ns()}. " + SYSTEM
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Is sorted(x)[0] fine?"}]
+    second = [{"role": "system", "content": system}, {"role": "user", "content": "How do I read a file?"}]
+    cold_ttft, _, cold = stream_ttft(client, MODEL, first, 4)
+    warm_ttft, _, warm = stream_ttft(client, MODEL, second, 4)
+    reused = warm.prompt_tokens_details.cached_tokens
+    print(f"prefix: first {cold.prompt_tokens} prompt tokens, TTFT {cold_ttft * 1e3:.0f} ms; second "
+          f"{warm.prompt_tokens} prompt tokens, {reused} reused, TTFT {warm_ttft * 1e3:.0f} ms", flush=True)
+    check(cold.prompt_tokens_details.cached_tokens < 16, "prefix: the first request computes its prompt")
+    check(reused >= 190, f"prefix: second request reuses >= 190 tokens: {reused}")
+    check(warm_ttft < cold_ttft, f"prefix: lower TTFT {warm_ttft:.3f} s < {cold_ttft:.3f} s")
+    m = metrics()
+    check(metric(m, "edgellm_prompt_tokens_cached_total") >= 190, "prefix: metrics count reused tokens")
+    check(metric(m, "edgellm_prefix_cache_hit_rate") > 0, "prefix: hit rate in metrics")
 
     # bad requests: 4xx with OpenAI's error shape
     for kw, param in [({"temperature": -1}, "temperature"), ({"top_p": 5}, "top_p"),
@@ -122,21 +153,34 @@ def main():
     except openai.AuthenticationError as e:
         check(e.status_code == 401, "api key: 401 for a wrong key")
 
-    # a client that goes away cancels its request and frees its KV
-    stream = chat(max_tokens=200, temperature=0, stream=True)
-    for i, _ in enumerate(stream):
-        if i == 2:
-            break
-    stream.close()
-    deadline = time.time() + 30
+    # clients that go away mid-stream cancel their requests and free their KV: 50 at once
+    def cancelled():
+        line = 'edgellm_requests_finished_total{finish_reason="cancelled"} '
+        return next(int(x[len(line):]) for x in metrics().splitlines() if x.startswith(line))
+
+    before = cancelled()
+
+    def drop_after_two(i):
+        messages = [{"role": "user", "content": f"Count from {i} to {i + 300}, one number per line."}]
+        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=300,
+                                                temperature=0, stream=True)
+        for k, _ in enumerate(stream):
+            if k == 2:
+                break
+        stream.close()
+
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(drop_after_two, range(50)))
+    deadline = time.time() + 60
     while True:
         m = metrics()
-        if metric(m, "edgellm_requests_running") == 0 and metric(m, "edgellm_kv_blocks_used") == 0:
+        idle = metric(m, "edgellm_requests_running") == 0 and metric(m, "edgellm_requests_waiting") == 0
+        if idle and metric(m, "edgellm_kv_blocks_used") == 0:
             break
         if time.time() > deadline:
-            raise AssertionError("disconnect: the request was not cancelled")
+            raise AssertionError(f"disconnect: requests not cancelled\n{m}")
         time.sleep(0.2)
-    check('edgellm_requests_finished_total{finish_reason="cancelled"} 1' in m, "disconnect: cancelled, KV freed")
+    check(cancelled() - before == 50, "disconnect: 50 streams dropped mid-way, all cancelled, 0 KV blocks used")
     check(metric(m, "edgellm_time_to_first_token_seconds_count") > 0, "metrics: TTFT histogram")
 
     # and the server still serves

@@ -109,7 +109,7 @@ impl Engine {
         let template = tokenizer.chat_template_renderer()?;
         Ok(Engine {
             exec: Executor::new(&model, &cfg, shape)?,
-            alloc: BlockAllocator::new(shape.n_blocks),
+            alloc: BlockAllocator::new(shape.n_blocks, shape.block_size),
             step: StepBuffers::with_capacity(&cfg),
             template,
             tokenizer,

@@ -12,6 +12,7 @@ mod config;
 mod eval;
 mod executor;
 mod load;
+mod prefix;
 mod sequence;
 
 use std::ops::ControlFlow;
@@ -20,6 +21,7 @@ use std::time::Instant;
 pub use config::EngineConfig;
 pub use eval::Perplexity;
 pub use load::OpenedSource;
+pub use prefix::PrefixHit;
 pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
 
 use crate::kv::BlockAllocator;
@@ -131,10 +133,14 @@ impl Engine {
         self.pool.clone()
     }
 
-    /// Returns a sequence's KV blocks to the pool.
+    /// Returns a sequence's KV blocks to the pool (full ones stay in the prefix cache until the
+    /// pool needs them). An unfinished sequence released this way (preempted) can run again: it
+    /// recomputes its KV, taking what the prefix cache still holds.
     pub fn release(&mut self, seq: &mut Sequence) {
         seq.table.free(&mut self.alloc);
         seq.n_cached = 0;
+        seq.n_registered = 0;
+        seq.prefix_attached = false;
     }
 
     /// Runs `seqs` until each has finished, calling `on_event(index, event)` for every generated
@@ -213,6 +219,9 @@ impl Engine {
             logit_rows: &b.logit_rows,
         };
         self.exec.forward_sample(&self.model, &self.pool, &batch, seqs, &b.row_owner)?;
+        for k in 0..self.step.seq_index.len() {
+            self.register_full_blocks(seqs[self.step.seq_index[k]]);
+        }
         Ok(self.step.row_owner.len())
     }
 
@@ -226,8 +235,8 @@ impl Engine {
             if seq.finish.is_some() || budget == 0 {
                 continue;
             }
-            let pending = seq.tokens.len() - seq.n_cached;
-            let take = pending.min(budget);
+            self.attach_cached_prefix(seq);
+            let take = seq.step_tokens(budget);
             if seq.table.reserve(take, block_size, &mut self.alloc).is_err() {
                 // the pool is exhausted: this sequence ends, the others go on
                 seq.finish = Some(FinishReason::Error);

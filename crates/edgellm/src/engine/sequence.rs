@@ -97,8 +97,17 @@ pub struct Sequence {
     pub(super) n_prompt: usize,
     /// Leading tokens whose KV is in the cache.
     pub(super) n_cached: usize,
-    n_reused: usize,
+    /// Prompt tokens whose KV came from the prefix cache (set when the sequence first runs).
+    pub(super) n_reused: Option<usize>,
     pub(super) table: BlockTable,
+    /// Chain hashes of the full blocks of `tokens`, computed as needed (see [`crate::kv::prefix`]).
+    pub(super) block_hashes: Vec<u64>,
+    /// Leading blocks of `table` already offered to the prefix cache.
+    pub(super) n_registered: usize,
+    /// Whether this run of the sequence has looked up the prefix cache.
+    pub(super) prefix_attached: bool,
+    /// Leading tokens whose blocks are pinned in the cache once computed.
+    pub(super) pin_tokens: usize,
     pub(super) sampler: Sampler,
     params: SamplingParams,
     detok: DecodeStream,
@@ -144,8 +153,12 @@ impl Sequence {
             n_prompt: ids.len(),
             tokens,
             n_cached: 0,
-            n_reused: 0,
+            n_reused: None,
             table: BlockTable::with_capacity(blocks),
+            block_hashes: Vec::with_capacity(blocks),
+            n_registered: 0,
+            prefix_attached: false,
+            pin_tokens: 0,
             sampler,
             stop: StopMatcher::new(&params.stop),
             params,
@@ -179,6 +192,29 @@ impl Sequence {
     /// Tokens whose KV is in the cache.
     pub fn n_cached(&self) -> usize {
         self.n_cached
+    }
+
+    /// Prompt tokens whose KV came from the prefix cache (0 before the sequence first runs).
+    pub fn n_reused(&self) -> usize {
+        self.n_reused.unwrap_or(0)
+    }
+
+    /// All tokens so far, prompt and generated.
+    pub fn n_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// KV blocks the sequence holds.
+    pub fn n_blocks(&self) -> usize {
+        self.table.blocks.len()
+    }
+
+    /// Tokens the next step would compute for this sequence, given `budget` tokens left.
+    pub(super) fn step_tokens(&self, budget: usize) -> usize {
+        if self.finish.is_some() {
+            return 0;
+        }
+        (self.tokens.len() - self.n_cached).min(budget)
     }
 
     /// The completion, once finished.
@@ -265,7 +301,7 @@ impl Sequence {
             finish_reason: self.finish.unwrap_or(FinishReason::Stop),
             usage: Usage {
                 prompt_tokens: self.n_prompt,
-                cached_tokens: self.n_reused,
+                cached_tokens: self.n_reused(),
                 completion_tokens: self.generated,
             },
             timings: Timings { prefill: first - started, decode: now - first },
@@ -312,13 +348,17 @@ impl Engine {
         let common = seq.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         // keep at least one token to compute, so there are logits to sample from
         let keep = common.min(seq.n_cached).min(ids.len().saturating_sub(1));
-        seq.table.truncate(keep, self.cfg.kv_block_size, &mut self.alloc);
-        let mut table = std::mem::take(&mut seq.table);
         let mut fresh = Sequence::from_ids(self, ids, params)?;
-        table.len = keep;
-        fresh.table = table;
+        let bs = self.cfg.kv_block_size;
+        // a kept block that the prefix cache shares is never written into
+        let keep = seq.table.truncate(keep, bs, &mut self.alloc);
+        fresh.table = std::mem::take(&mut seq.table);
         fresh.n_cached = keep;
-        fresh.n_reused = keep;
+        fresh.n_reused = Some(keep);
+        fresh.n_registered = keep / bs;
+        fresh.prefix_attached = true;
+        fresh.pin_tokens = seq.pin_tokens.min(keep);
+        self.release(seq);
         *seq = fresh;
         Ok(())
     }

@@ -2,12 +2,20 @@
 //! table per sequence mapping its positions to blocks. Position `p` of a sequence lives in block
 //! `table[p / block_size]` at slot `p % block_size`.
 //!
+//! Blocks are reference counted and full blocks are indexed by a chain hash of their whole token
+//! prefix ([`prefix`]), so sequences with a common prefix (a system prompt, earlier chat turns)
+//! share its blocks without copying; the blocks of ended sequences stay cached until the pool
+//! needs them ([`BlockAllocator`]). That bookkeeping is host-side only and independent of where
+//! the KV lives.
+//!
 //! Layout of each layer's K (and V) pool: `[n_blocks, n_kv_heads, block_size, head_dim]`, so the
 //! keys one attention head reads from a block are contiguous.
 
 mod allocator;
+mod lru;
+pub mod prefix;
 
-pub use allocator::{BlockAllocator, BlockTable};
+pub use allocator::{BlockAllocator, BlockTable, KvStats};
 
 /// Shape of the KV pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,13 @@
 //! Counters the scheduler loop updates and any thread reads: queue depth, running sequences, KV
-//! blocks, token counts, throughput, and time-to-first-token / time-per-output-token histograms.
+//! blocks (used, free, cached, pinned), token counts and the prefix cache's hit rate,
+//! preemptions, throughput, and time-to-first-token / time-per-output-token histograms.
 //! Everything is an atomic, so reading never blocks the loop; [`Metrics::snapshot`] copies them
 //! into plain numbers (the server renders those as Prometheus text).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::kv::KvStats;
 use crate::sampling::FinishReason;
 
 /// Bucket upper bounds (seconds) of the time-to-first-token histogram.
@@ -71,7 +73,12 @@ pub struct Metrics {
     pub(super) running: AtomicUsize,
     pub(super) kv_blocks_total: AtomicUsize,
     pub(super) kv_blocks_free: AtomicUsize,
+    pub(super) kv_blocks_used: AtomicUsize,
+    pub(super) kv_blocks_cached: AtomicUsize,
+    pub(super) kv_blocks_pinned: AtomicUsize,
     pub(super) prompt_tokens: AtomicU64,
+    pub(super) prompt_tokens_cached: AtomicU64,
+    pub(super) preemptions: AtomicU64,
     pub(super) generated_tokens: AtomicU64,
     pub(super) rejected: AtomicU64,
     /// Finished requests per [`FinishReason`] (stop, length, cancelled, error).
@@ -91,10 +98,20 @@ pub struct MetricsSnapshot {
     pub running: usize,
     /// KV blocks in the pool.
     pub kv_blocks_total: usize,
-    /// KV blocks not held by any sequence.
+    /// KV blocks that can be handed out (empty, or cached and held by no sequence).
     pub kv_blocks_free: usize,
+    /// KV blocks held by sequences.
+    pub kv_blocks_used: usize,
+    /// Of the free blocks, those holding a reusable prefix (evicted least recently used first).
+    pub kv_blocks_cached: usize,
+    /// Blocks of saved system prompts, never evicted.
+    pub kv_blocks_pinned: usize,
     /// Prompt tokens of admitted requests.
     pub prompt_tokens: u64,
+    /// Of those, the tokens whose KV came from the prefix cache.
+    pub prompt_tokens_cached: u64,
+    /// Times a running sequence was preempted (its KV released, to be recomputed).
+    pub preemptions: u64,
     /// Tokens generated.
     pub generated_tokens: u64,
     /// Requests refused because the queue was full.
@@ -110,9 +127,9 @@ pub struct MetricsSnapshot {
 }
 
 impl MetricsSnapshot {
-    /// KV blocks held by sequences.
-    pub fn kv_blocks_used(&self) -> usize {
-        self.kv_blocks_total - self.kv_blocks_free
+    /// Share of prompt tokens served from the prefix cache (0 before any request).
+    pub fn prefix_hit_rate(&self) -> f64 {
+        self.prompt_tokens_cached as f64 / self.prompt_tokens.max(1) as f64
     }
 }
 
@@ -126,7 +143,12 @@ impl Metrics {
             running: AtomicUsize::new(0),
             kv_blocks_total: AtomicUsize::new(kv_blocks_total),
             kv_blocks_free: AtomicUsize::new(kv_blocks_total),
+            kv_blocks_used: AtomicUsize::new(0),
+            kv_blocks_cached: AtomicUsize::new(0),
+            kv_blocks_pinned: AtomicUsize::new(0),
             prompt_tokens: AtomicU64::new(0),
+            prompt_tokens_cached: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             finished: Default::default(),
@@ -139,6 +161,13 @@ impl Metrics {
     pub(super) fn count_finished(&self, reason: FinishReason) {
         let i = REASONS.iter().position(|&r| r == reason).expect("every reason is listed");
         self.finished[i].fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn set_kv(&self, kv: KvStats) {
+        self.kv_blocks_free.store(kv.free, Relaxed);
+        self.kv_blocks_used.store(kv.used, Relaxed);
+        self.kv_blocks_cached.store(kv.cached, Relaxed);
+        self.kv_blocks_pinned.store(kv.pinned, Relaxed);
     }
 
     pub(super) fn set_tokens_per_s(&self, rate: f64) {
@@ -162,7 +191,12 @@ impl Metrics {
             running: self.running.load(Relaxed),
             kv_blocks_total: self.kv_blocks_total.load(Relaxed),
             kv_blocks_free: self.kv_blocks_free.load(Relaxed),
+            kv_blocks_used: self.kv_blocks_used.load(Relaxed),
+            kv_blocks_cached: self.kv_blocks_cached.load(Relaxed),
+            kv_blocks_pinned: self.kv_blocks_pinned.load(Relaxed),
             prompt_tokens: self.prompt_tokens.load(Relaxed),
+            prompt_tokens_cached: self.prompt_tokens_cached.load(Relaxed),
+            preemptions: self.preemptions.load(Relaxed),
             generated_tokens: self.generated_tokens.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             finished: REASONS

@@ -6,16 +6,20 @@
 //!    [`RequestEvent::Error`] at once; a good one [`RequestEvent::Accepted`]) and queues them;
 //! 2. drops cancelled requests (explicit [`RequestHandle::cancel`], or a sink whose receiver is
 //!    gone), returning their KV blocks;
-//! 3. admits queued requests, oldest first, while fewer than `max_seqs` run and the KV pool can
-//!    hold the worst case of every running sequence plus the new one
-//!    (`min(prompt + max_tokens, max_context)` positions), so no admitted request runs out of KV;
-//! 4. runs one [`Engine::step`] (prefill chunks under `max_batch_tokens` and decode tokens of every
+//! 3. admits queued requests, oldest first, while fewer than `max_seqs` run and the free KV
+//!    blocks cover every running sequence up to its next token plus the new one's prompt (less
+//!    what the prefix cache already holds of it: a shared system prompt or earlier chat turns
+//!    are not computed again, see [`crate::kv::prefix`]);
+//! 4. makes room for the step: while the running sequences' next step needs more KV blocks than
+//!    are free, the newest one is preempted — its blocks are released and it goes back to the
+//!    front of the queue, to recompute its KV (mostly from the prefix cache) when it is admitted
+//!    again; its client sees nothing but a pause;
+//! 5. runs one [`Engine::step`] (prefill chunks under `max_batch_tokens` and decode tokens of every
 //!    running sequence in one forward pass), forwarding token and completion events;
-//! 5. releases finished sequences at once, so the next iteration can admit more.
+//! 6. releases finished sequences at once, so the next iteration can admit more.
 //!
-//! Not in this version: preemption (a request waits until its worst case fits; it is never
-//! swapped out), prefix caching across requests, priorities. When every [`Scheduler`] handle has
-//! been dropped the loop finishes the requests it holds, then exits.
+//! Not in this version: priorities, swapping KV out instead of recomputing it. When every
+//! [`Scheduler`] handle has been dropped the loop finishes the requests it holds, then exits.
 
 mod metrics;
 #[cfg(test)]
@@ -91,6 +95,17 @@ pub struct Request {
     pub params: SamplingParams,
     /// Where the events go.
     pub sink: Box<dyn EventSink>,
+    /// Keep the KV of the prompt's system messages in the cache for good (TensorRT-Edge-LLM's
+    /// `save_system_prompt_kv_cache`), so later requests with the same system prompt never
+    /// recompute it; see [`Sequence::pin_prefix`].
+    pub pin_system_prompt: bool,
+}
+
+impl Request {
+    /// A request for `prompt` with `params`, its events going to `sink`.
+    pub fn new(prompt: Prompt, params: SamplingParams, sink: Box<dyn EventSink>) -> Self {
+        Request { prompt, params, sink, pin_system_prompt: false }
+    }
 }
 
 /// Cancels a submitted request.
@@ -215,8 +230,8 @@ struct Slot {
     sink: Box<dyn EventSink>,
     cancel: Arc<AtomicBool>,
     arrived: Instant,
-    /// KV blocks its worst case needs.
-    reserve: usize,
+    /// Whether it has been admitted before (a preempted request waits again).
+    admitted: bool,
     first_token: Option<Instant>,
     /// Set when the request has ended: its last event, sent once its KV is released.
     last: Option<RequestEvent>,
@@ -257,6 +272,7 @@ impl Loop {
             while self.receive() {
                 self.drop_cancelled();
                 self.admit();
+                self.make_room();
                 self.step();
                 self.publish();
             }
@@ -291,12 +307,18 @@ impl Loop {
 
     /// Tokenizes a new request and queues it, or reports why it cannot run.
     fn accept(&mut self, s: Submitted) {
-        let Submitted { request: Request { prompt, params, mut sink }, cancel, arrived } = s;
-        match self.engine.new_sequence(&prompt, params) {
+        let Submitted { request: Request { prompt, params, mut sink, pin_system_prompt }, cancel, arrived } =
+            s;
+        let sequence = self.engine.new_sequence(&prompt, params).and_then(|mut seq| {
+            if pin_system_prompt {
+                seq.pin_prefix(self.engine.system_prompt_len(&prompt, &seq.tokens)?);
+            }
+            Ok(seq)
+        });
+        match sequence {
             Ok(seq) => {
-                let reserve = self.reserve(&seq);
                 if sink.send(RequestEvent::Accepted { prompt_tokens: seq.n_prompt() }) {
-                    let slot = Slot { sink, cancel, arrived, reserve, first_token: None, last: None };
+                    let slot = Slot { sink, cancel, arrived, admitted: false, first_token: None, last: None };
                     self.waiting.push_back((seq, slot));
                     return;
                 }
@@ -309,15 +331,6 @@ impl Loop {
             }
         }
         self.metrics.waiting.fetch_sub(1, Relaxed);
-    }
-
-    /// KV blocks for the longest `seq` may grow, capped at the pool (so a huge request runs
-    /// alone rather than never).
-    fn reserve(&self, seq: &Sequence) -> usize {
-        let cfg = self.engine.config();
-        let max_tokens = seq.params().max_tokens.unwrap_or(cfg.max_context());
-        let positions = (seq.n_prompt() + max_tokens).min(cfg.max_context());
-        positions.div_ceil(cfg.kv_block_size).min(cfg.kv_blocks())
     }
 
     fn is_cancelled(slot: &Slot) -> bool {
@@ -347,28 +360,48 @@ impl Loop {
         self.remove_done();
     }
 
-    /// Admits queued requests, oldest first, while a slot is free and their KV fits.
+    /// Admits queued requests, oldest first, while a slot is free and the free KV blocks cover
+    /// every running sequence up to its next token plus the new one (less its cached prefix).
+    /// With nothing running the oldest request is admitted whatever it needs, so a request too
+    /// big for the pool fails rather than waits forever.
     fn admit(&mut self) {
         let max_seqs = self.engine.config().max_seqs;
-        let block_size = self.engine.config().kv_block_size;
-        // blocks running sequences may still take
-        let mut promised: usize = self
-            .seqs
-            .iter()
-            .zip(&self.slots)
-            .map(|(seq, slot)| slot.reserve.saturating_sub(seq.n_cached().div_ceil(block_size)))
-            .sum();
+        let engine = &self.engine;
+        let mut promised: usize = self.seqs.iter_mut().map(|seq| engine.kv_blocks_to_continue(seq)).sum();
         while self.seqs.len() < max_seqs {
-            let Some((_, slot)) = self.waiting.front() else { break };
-            if promised + slot.reserve > self.engine.free_kv_blocks() {
+            let Some((seq, _)) = self.waiting.front_mut() else { break };
+            let cost = self.engine.kv_blocks_to_continue(seq);
+            if !self.seqs.is_empty() && promised + cost > self.engine.free_kv_blocks() {
                 break;
             }
-            promised += slot.reserve;
-            let (seq, slot) = self.waiting.pop_front().expect("front exists");
+            promised += cost;
+            let (mut seq, mut slot) = self.waiting.pop_front().expect("front exists");
             self.metrics.waiting.fetch_sub(1, Relaxed);
-            self.metrics.prompt_tokens.fetch_add(seq.n_prompt() as u64, Relaxed);
-            self.seqs.push(seq);
-            self.slots.push(slot);
+            self.engine.attach_cached_prefix(&mut seq);
+            if !slot.admitted {
+                slot.admitted = true;
+                self.metrics.prompt_tokens.fetch_add(seq.n_prompt() as u64, Relaxed);
+                self.metrics.prompt_tokens_cached.fetch_add(seq.n_reused() as u64, Relaxed);
+            }
+            // running sequences stay in arrival order: the step gives prefill budget to the
+            // oldest first, and preemption takes the newest
+            let at = self.slots.partition_point(|s| s.arrived <= slot.arrived);
+            self.seqs.insert(at, seq);
+            self.slots.insert(at, slot);
+        }
+    }
+
+    /// Preempts the newest running sequences until the next step's KV fits in the free blocks
+    /// (one sequence always stays: if it alone does not fit, the step ends it with an error).
+    fn make_room(&mut self) {
+        while self.seqs.len() > 1 && self.engine.kv_blocks_for_step(&self.seqs) > self.engine.free_kv_blocks()
+        {
+            let mut seq = self.seqs.pop().expect("more than one runs");
+            let slot = self.slots.pop().expect("slots follow seqs");
+            self.engine.release(&mut seq);
+            self.metrics.preemptions.fetch_add(1, Relaxed);
+            self.metrics.waiting.fetch_add(1, Relaxed);
+            self.waiting.push_front((seq, slot));
         }
     }
 
@@ -449,7 +482,7 @@ impl Loop {
             }
         }
         self.metrics.running.store(self.seqs.len(), Relaxed);
-        self.metrics.kv_blocks_free.store(self.engine.free_kv_blocks(), Relaxed);
+        self.metrics.set_kv(self.engine.kv_stats());
         for mut slot in ended {
             let last = slot.last.take().expect("ended slots have a last event");
             slot.sink.send(last);
@@ -459,7 +492,7 @@ impl Loop {
     fn publish(&mut self) {
         let m = &self.metrics;
         m.running.store(self.seqs.len(), Relaxed);
-        m.kv_blocks_free.store(self.engine.free_kv_blocks(), Relaxed);
+        m.set_kv(self.engine.kv_stats());
         let elapsed = self.window.0.elapsed();
         if elapsed >= Duration::from_secs(1) {
             m.set_tokens_per_s(self.window.1 as f64 / elapsed.as_secs_f64());
@@ -474,7 +507,7 @@ fn cancelled(seq: &Sequence) -> Completion {
         finish_reason: FinishReason::Cancelled,
         usage: Usage {
             prompt_tokens: seq.n_prompt(),
-            cached_tokens: 0,
+            cached_tokens: seq.n_reused(),
             completion_tokens: seq.generated_ids().len(),
         },
         timings: Timings::default(),
