@@ -5,13 +5,13 @@
 //!
 //! One work item per (token, KV head): it walks the sequence's blocks once and updates every
 //! query head of the GQA group, so each key/value row is read once per group. Positions go in
-//! runs of up to [`SCORE_BLOCK`]: the scores of a run are computed first, the running maximum
+//! runs of up to `SCORE_BLOCK` (64): the scores of a run are computed first, the running maximum
 //! and the accumulator rescale once per run (online softmax), then the weighted values are
 //! summed — dot products, `exp` and `axpy` inside one `target_feature` function.
 //!
 //! Decode has few items (one token × 2 KV heads for Qwen2.5-0.5B) and long contexts: when
 //! there are fewer items than twice the threads, each item's context is split (flash-decoding)
-//! into parts of at least [`MIN_SPLIT`] positions, each part keeps its own maximum, sum and
+//! into parts of at least `MIN_SPLIT` (128) positions, each part keeps its own maximum, sum and
 //! unnormalized output, and a merge step combines them.
 
 use std::ops::Range;

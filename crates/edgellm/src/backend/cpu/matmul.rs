@@ -1,14 +1,16 @@
 //! `out[m, n] = x[m, k] · W[n, k]ᵀ`: the projection of every linear layer. Weights are stored
 //! row-major by output feature (PyTorch's `[out, in]`).
 //!
-//! Two regimes: few activation rows (decode) are memory-bound — each output element is one dot
-//! product over contiguous memory, work split over chunks of weight rows so the weights stream
-//! once, each weight row meeting every activation row while it is in L1. (A four-rows-at-once
-//! `dot4` kernel was tried first: 7× slower than four `dot` calls at m = 4 — it did not
-//! vectorize.) Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
-//! `gemm` crate, runtime-dispatched AVX2/AVX-512/NEON); half-precision weights are widened to
-//! f32 one slab of rows at a time for it. int8 / int4 weights (`quant`) take the integer kernels
-//! of `qmatmul` for few rows and are dequantized one slab at a time for the GEMM.
+//! Two regimes: few activation rows (decode, batched decode) should be memory-bound — the
+//! weights stream once per call, work split over chunks of weight rows, and inside a chunk
+//! register tiles of up to 4 activation rows × a few weight rows (`run_tiles`) load each
+//! weight element once for all the tile's activation rows (explicit intrinsics: an earlier
+//! auto-vectorized four-rows kernel did not vectorize). Many rows (prefill) are compute-bound:
+//! float weights go to a packed, cache-blocked GEMM (the `gemm` crate, runtime-dispatched
+//! AVX2/AVX-512/NEON) from `GEMM_MIN_ROWS` (32) rows, half-precision ones widened to f32 one slab
+//! of rows at a time. int8 / int4 weights (`quant`) take the integer tiles of `qmatmul` — at
+//! every row count where the CPU has AVX-512 VNNI, else below the GEMM threshold, above which
+//! they are dequantized one slab at a time for the GEMM.
 
 use half::{bf16, f16};
 use rayon::prelude::*;

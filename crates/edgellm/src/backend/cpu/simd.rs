@@ -209,7 +209,7 @@ pub fn dot_tile<W: Element, const MR: usize, const NR: usize>(
 }
 
 /// `y[i] += a · x[i]` (the accumulate step of attention's weighted value sum); inlined into
-/// the caller like [`dot_generic`].
+/// the caller like `dot_generic`.
 #[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
