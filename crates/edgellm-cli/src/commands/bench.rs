@@ -1,7 +1,7 @@
 //! `edgellm bench`: end-to-end prefill and decode speed, TTFT, TPOT, memory and memory-bandwidth
 //! use of a model — a real one, or random weights of a known model's shapes (`--synthetic`) —
 //! swept over prompt lengths, generated lengths, batch sizes, weight precisions and devices.
-//! Prints a table, and writes JSON (`--json`), Markdown (`--markdown`) and an SVG chart
+//! Prints a table, and writes JSON (`--json`), Markdown (`--markdown`) and an SVG or PNG chart
 //! (`--plot`); `--compare A.json B.json` prints the ratios between two runs. The machinery is in
 //! `crate::bench`.
 
@@ -79,8 +79,9 @@ pub struct BenchArgs {
     /// Print the table as Markdown.
     #[arg(long)]
     pub markdown: bool,
-    /// Draw decode throughput and TTFT against batch size into FILE.svg.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw decode throughput and TTFT against batch size into FILE.svg or FILE.png (the labels
+    /// need a TrueType font: fonts-dejavu-core on Debian, or EDGELLM_FONT=file.ttf).
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     pub plot: Option<PathBuf>,
     /// Print B ÷ A for each configuration of two --json files, and run nothing.
     #[arg(long, num_args = 2, value_names = ["A.json", "B.json"])]

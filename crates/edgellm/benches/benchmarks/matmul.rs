@@ -1,5 +1,7 @@
-//! `matmul` at model shapes: decode GEMV (1 row; reports GB/s of weights streamed) and prefill
-//! GEMM (128 rows; reports FLOP/s as elements/s), in f32 and bf16 storage.
+//! `matmul` at model shapes: decode GEMV (1 row; reports GB/s of weights streamed), batched
+//! decode (4 and 8 rows, the register-tiled path; GB/s of weights, which a memory-bound step
+//! keeps near the 1-row figure) and prefill GEMM (128 rows; reports FLOP/s as elements/s), in
+//! every storage format.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use edgellm::backend::cpu::{matmul, Matrix};
@@ -20,6 +22,7 @@ fn bench(c: &mut Criterion) {
     for (dtype, name) in [
         (WeightFormat::F32, "f32"),
         (WeightFormat::BF16, "bf16"),
+        (WeightFormat::F16, "f16"),
         (WeightFormat::Int8, "int8"),
         (WeightFormat::INT4, "int4"),
     ] {
@@ -32,6 +35,19 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(|| matmul(&x, 1, &w, &mut out)));
         }
         g.finish();
+        for m in [4, 8] {
+            let mut g = c.benchmark_group(format!("matmul/batch{m}/{name}"));
+            for (label, rows, cols) in &SHAPES[..3] {
+                let w = Matrix::from_f32(*rows, *cols, values(rows * cols, 1)).converted(dtype);
+                let x = values(m * cols, 2);
+                let mut out = vec![0f32; m * rows];
+                g.throughput(Throughput::Bytes(w.size_bytes() as u64));
+                g.bench_function(BenchmarkId::from_parameter(label), |b| {
+                    b.iter(|| matmul(&x, m, &w, &mut out))
+                });
+            }
+            g.finish();
+        }
         let mut g = c.benchmark_group(format!("matmul/gemm128/{name}"));
         let m = 128;
         for (label, rows, cols) in &SHAPES[..3] {

@@ -3,17 +3,33 @@
 //! Prefill, decode and chunked prefill are the same computation — this step's keys and values
 //! are written to the cache before attention runs.
 //!
-//! One task per (token, KV head): the task walks the sequence's blocks once and updates every
-//! query head of the GQA group with an online (streaming) softmax, so no score buffer is needed
-//! and each key/value row is read once per group.
+//! One work item per (token, KV head): it walks the sequence's blocks once and updates every
+//! query head of the GQA group, so each key/value row is read once per group. Positions go in
+//! runs of up to `SCORE_BLOCK` (64): the scores of a run are computed first, the running maximum
+//! and the accumulator rescale once per run (online softmax), then the weighted values are
+//! summed — dot products, `exp` and `axpy` inside one `target_feature` function.
+//!
+//! Decode has few items (one token × 2 KV heads for Qwen2.5-0.5B) and long contexts: when
+//! there are fewer items than twice the threads, each item's context is split (flash-decoding)
+//! into parts of at least `MIN_SPLIT` (128) positions, each part keeps its own maximum, sum and
+//! unnormalized output, and a merge step combines them.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::simd::{axpy, dot};
+use super::simd::{axpy, dot_generic};
 use crate::kv::KvShape;
 
 /// Query heads per KV head that one task can hold state for.
 pub const MAX_GROUP: usize = 32;
+
+/// Positions scored at once (the score buffer is `MAX_GROUP × SCORE_BLOCK` on the stack).
+const SCORE_BLOCK: usize = 64;
+
+/// Fewest positions per part of a split context: below this, merging costs more than the
+/// extra thread gains.
+const MIN_SPLIT: usize = 128;
 
 /// Where each token of a batch sits: its position and its sequence's block table.
 #[derive(Debug, Clone, Copy)]
@@ -61,50 +77,158 @@ pub fn paged_attention(
     let hd = kv.head_dim;
     let group = p.n_heads / kv.n_kv_heads;
     assert!(group <= MAX_GROUP, "GQA group of {group} heads exceeds {MAX_GROUP}");
-    let q_width = p.n_heads * hd;
-    out.par_chunks_mut(group * hd).enumerate().for_each(|(task, out_g)| {
-        let (t, kvh) = (task / kv.n_kv_heads, task % kv.n_kv_heads);
-        let q_g = &q[t * q_width + kvh * group * hd..][..group * hd];
-        let pos = layout.positions[t] as usize;
-        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let table = layout.table(layout.token_seq[t] as usize);
+    let job = Job { q, k_pool, v_pool, kv, layout, p, group };
+    let n_items = layout.positions.len() * kv.n_kv_heads;
+    let longest = (0..layout.positions.len()).map(|t| job.span(t).len()).max().unwrap_or(0);
+    let threads = rayon::current_num_threads();
+    let splits = if n_items >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(n_items).min(longest / MIN_SPLIT).max(1)
+    };
+    let width = group * hd;
+    if splits == 1 {
+        out.par_chunks_mut(width).enumerate().for_each(|(item, out_g)| {
+            let max_sum = job.attend(item, job.span(item / kv.n_kv_heads), out_g);
+            normalize(out_g, &max_sum[group..2 * group], hd);
+        });
+        return;
+    }
+    // each part: the unnormalized output of its positions, then its maxima and sums; the
+    // buffer is reused across calls (taken out, not borrowed, as in `qmatmul`) so a warm decode
+    // step does not allocate
+    let part_len = width + 2 * group;
+    let mut parts = PARTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    parts.resize(n_items * splits * part_len, 0.0);
+    parts.par_chunks_mut(part_len).enumerate().for_each(|(w, part)| {
+        let (item, s) = (w / splits, w % splits);
+        let span = job.span(item / kv.n_kv_heads);
+        let len = span.len();
+        let range = span.start + len * s / splits..span.start + len * (s + 1) / splits;
+        let (acc, stats) = part.split_at_mut(width);
+        let max_sum = job.attend(item, range, acc);
+        stats.copy_from_slice(&max_sum[..2 * group]);
+    });
+    out.par_chunks_mut(width).enumerate().for_each(|(item, out_g)| {
+        let parts = &parts[item * splits * part_len..(item + 1) * splits * part_len];
+        for h in 0..group {
+            let stat = |s: usize, i: usize| parts[s * part_len + width + i * group + h];
+            let top = (0..splits).map(|s| stat(s, 0)).fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out_g[h * hd..(h + 1) * hd];
+            o.fill(0.0);
+            let mut sum = 0f32;
+            for s in 0..splits {
+                // parts left empty have max -inf and weight 0
+                let wgt = (stat(s, 0) - top).exp();
+                sum += wgt * stat(s, 1);
+                axpy(o, wgt, &parts[s * part_len + h * hd..][..hd]);
+            }
+            o.iter_mut().for_each(|v| *v /= sum);
+        }
+    });
+    PARTS.with(|p| *p.borrow_mut() = parts);
+}
 
+thread_local! {
+    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Divides each head's accumulated output by its softmax sum.
+fn normalize(out_g: &mut [f32], sums: &[f32], hd: usize) {
+    for (o, &sum) in out_g.chunks_exact_mut(hd).zip(sums) {
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// One call's inputs, shared by its work items.
+struct Job<'a> {
+    q: &'a [f32],
+    k_pool: &'a [f32],
+    v_pool: &'a [f32],
+    kv: &'a KvShape,
+    layout: TokenLayout<'a>,
+    p: AttnParams,
+    group: usize,
+}
+
+impl Job<'_> {
+    /// The positions token `t` attends to.
+    fn span(&self, t: usize) -> Range<usize> {
+        let pos = self.layout.positions[t] as usize;
+        self.p.window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1
+    }
+
+    /// Attends item `item` (token × KV head) over `range` into `acc` (`[group, head_dim]`,
+    /// unnormalized); returns the per-head maxima and sums (`[max; group] ++ [sum; group]` in
+    /// the first `2 · group` entries).
+    fn attend(&self, item: usize, range: Range<usize>, acc: &mut [f32]) -> [f32; 2 * MAX_GROUP] {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2() {
+            // SAFETY: the CPU supports the features the function enables (checked above).
+            return unsafe { self.attend_avx2(item, range, acc) };
+        }
+        self.attend_body(item, range, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, item: usize, range: Range<usize>, acc: &mut [f32]) -> [f32; 2 * MAX_GROUP] {
+        self.attend_body(item, range, acc)
+    }
+
+    #[inline(always)]
+    fn attend_body(&self, item: usize, range: Range<usize>, acc: &mut [f32]) -> [f32; 2 * MAX_GROUP] {
+        let (kv, p, group) = (self.kv, self.p, self.group);
+        let hd = kv.head_dim;
+        let (t, kvh) = (item / kv.n_kv_heads, item % kv.n_kv_heads);
+        let q_g = &self.q[t * p.n_heads * hd + kvh * group * hd..][..group * hd];
+        let table = self.layout.table(self.layout.token_seq[t] as usize);
         let mut max = [f32::NEG_INFINITY; MAX_GROUP];
         let mut sum = [0f32; MAX_GROUP];
-        out_g.fill(0.0);
-        let mut j = first;
-        while j <= pos {
-            let block = table[j / kv.block_size] as usize;
+        let mut scores = [[0f32; SCORE_BLOCK]; MAX_GROUP];
+        acc.fill(0.0);
+        let mut j = range.start;
+        while j < range.end {
             let slot = j % kv.block_size;
-            let n = (kv.block_size - slot).min(pos + 1 - j);
-            let base = kv.offset(block, kvh, slot);
-            for s in 0..n {
-                let k = &k_pool[base + s * hd..][..hd];
-                let v = &v_pool[base + s * hd..][..hd];
-                for h in 0..group {
-                    let mut score = dot(&q_g[h * hd..(h + 1) * hd], k) * p.scale;
+            let n = (kv.block_size - slot).min(range.end - j).min(SCORE_BLOCK);
+            let base = kv.offset(table[j / kv.block_size] as usize, kvh, slot);
+            let keys = &self.k_pool[base..base + n * hd];
+            let vals = &self.v_pool[base..base + n * hd];
+            for h in 0..group {
+                let qh = &q_g[h * hd..(h + 1) * hd];
+                let sc = &mut scores[h][..n];
+                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hd)) {
+                    *s = dot_generic(qh, k) * p.scale;
                     if let Some(cap) = p.softcap {
-                        score = cap * (score / cap).tanh();
+                        *s = cap * (*s / cap).tanh();
                     }
-                    let acc = &mut out_g[h * hd..(h + 1) * hd];
-                    if score > max[h] {
-                        let rescale = (max[h] - score).exp();
-                        sum[h] *= rescale;
-                        acc.iter_mut().for_each(|a| *a *= rescale);
-                        max[h] = score;
-                    }
-                    let w = (score - max[h]).exp();
-                    sum[h] += w;
-                    axpy(acc, w, v);
+                }
+                let run_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if run_max > max[h] {
+                    // rescale what was accumulated under the old maximum, once per run
+                    let r = (max[h] - run_max).exp();
+                    sum[h] *= r;
+                    acc[h * hd..(h + 1) * hd].iter_mut().for_each(|a| *a *= r);
+                    max[h] = run_max;
+                }
+                for s in sc.iter_mut() {
+                    *s = (*s - max[h]).exp();
+                    sum[h] += *s;
+                }
+            }
+            for (s, v) in vals.chunks_exact(hd).enumerate() {
+                for h in 0..group {
+                    axpy(&mut acc[h * hd..(h + 1) * hd], scores[h][s], v);
                 }
             }
             j += n;
         }
-        for h in 0..group {
-            let inv = 1.0 / sum[h];
-            out_g[h * hd..(h + 1) * hd].iter_mut().for_each(|a| *a *= inv);
-        }
-    });
+        let mut stats = [0f32; 2 * MAX_GROUP];
+        stats[..group].copy_from_slice(&max[..group]);
+        stats[group..2 * group].copy_from_slice(&sum[..group]);
+        stats
+    }
 }
 
 #[cfg(test)]
@@ -112,9 +236,12 @@ mod tests {
     use super::*;
 
     /// Plain softmax attention over contiguous keys, the reference for the paged kernel.
-    fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], scale: f32) -> Vec<f32> {
-        let scores: Vec<f32> =
-            keys.iter().map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+    fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], scale: f32, cap: Option<f32>) -> Vec<f32> {
+        let scores: Vec<f32> = keys
+            .iter()
+            .map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .map(|s| cap.map_or(s, |c| c * (s / c).tanh()))
+            .collect();
         let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f32 = e.iter().sum();
@@ -125,6 +252,50 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Long contexts split across threads (flash-decoding) and merged, with a soft cap, a
+    /// window and a context that does not fill its last block, against the plain reference.
+    #[test]
+    fn split_contexts_match_contiguous() {
+        let (block, n_heads, hd) = (16, 3, 8);
+        for (len, window, cap) in [(700usize, None, None), (1000, Some(600), Some(2.0)), (257, None, None)] {
+            let n_blocks = len.div_ceil(block) + 2;
+            let kv = KvShape { n_layers: 1, n_blocks, block_size: block, n_kv_heads: 1, head_dim: hd };
+            // blocks in reverse order
+            let table: Vec<u32> = (0..n_blocks as u32).rev().collect();
+            let val = |p: usize, d: usize, salt: f32| ((p * 13 + d) as f32 * 0.29 + salt).sin() * 2.0;
+            let (mut k_pool, mut v_pool) = (vec![0f32; kv.layer_len()], vec![0f32; kv.layer_len()]);
+            for p in 0..len {
+                let off = kv.offset(table[p / block] as usize, 0, p % block);
+                for d in 0..hd {
+                    k_pool[off + d] = val(p, d, 0.0);
+                    v_pool[off + d] = val(p, d, 1.0);
+                }
+            }
+            let q: Vec<f32> = (0..n_heads * hd).map(|i| (i as f32 * 0.53).cos()).collect();
+            let positions = [len as u32 - 1];
+            let layout = TokenLayout {
+                positions: &positions,
+                token_seq: &[0],
+                block_table_data: &table,
+                block_table_offsets: &[0, n_blocks as u32],
+            };
+            let params = AttnParams { n_heads, scale: 0.4, window, softcap: cap };
+            let mut out = vec![0f32; q.len()];
+            paged_attention(&q, &k_pool, &v_pool, &kv, layout, params, &mut out);
+            let first = window.map_or(0, |w| len - w);
+            let keys: Vec<Vec<f32>> =
+                (first..len).map(|p| (0..hd).map(|d| val(p, d, 0.0)).collect()).collect();
+            let vals: Vec<Vec<f32>> =
+                (first..len).map(|p| (0..hd).map(|d| val(p, d, 1.0)).collect()).collect();
+            for h in 0..n_heads {
+                let want = reference(&q[h * hd..(h + 1) * hd], &keys, &vals, 0.4, cap);
+                for (a, b) in out[h * hd..(h + 1) * hd].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "len={len} h={h}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -168,7 +339,7 @@ mod tests {
                         .map(|p| (0..8).map(|d| val(p, kvh, d, 1.0)).collect())
                         .collect();
                     let qh = &q[(t * n_heads + h) * 8..][..8];
-                    let want = reference(qh, &keys, &vals, 0.3);
+                    let want = reference(qh, &keys, &vals, 0.3, None);
                     let got = &out[(t * n_heads + h) * 8..][..8];
                     for (a, b) in got.iter().zip(&want) {
                         assert!((a - b).abs() < 1e-5, "t={t} h={h} window={window:?}: {a} vs {b}");

@@ -1,20 +1,22 @@
 //! `out[m, n] = x[m, k] · W[n, k]ᵀ`: the projection of every linear layer. Weights are stored
 //! row-major by output feature (PyTorch's `[out, in]`).
 //!
-//! Two regimes: few activation rows (decode) are memory-bound — each output element is one dot
-//! product over contiguous memory, work split over chunks of weight rows so the weights stream
-//! once, each weight row meeting every activation row while it is in L1. (A four-rows-at-once
-//! `dot4` kernel was tried first: 7× slower than four `dot` calls at m = 4 — it did not
-//! vectorize.) Many rows (prefill) are compute-bound and go to a packed, register-blocked GEMM (the
-//! `gemm` crate, runtime-dispatched AVX2/AVX-512/NEON); half-precision weights are widened to
-//! f32 one slab of rows at a time for it. int8 / int4 weights (`quant`) take the integer kernels
-//! of `qmatmul` for few rows and are dequantized one slab at a time for the GEMM.
+//! Two regimes: few activation rows (decode, batched decode) should be memory-bound — the
+//! weights stream once per call, work split over chunks of weight rows, and inside a chunk
+//! register tiles of up to 4 activation rows × a few weight rows (`run_tiles`) load each
+//! weight element once for all the tile's activation rows (explicit intrinsics: an earlier
+//! auto-vectorized four-rows kernel did not vectorize). Many rows (prefill) are compute-bound:
+//! float weights go to a packed, cache-blocked GEMM (the `gemm` crate, runtime-dispatched
+//! AVX2/AVX-512/NEON) from `GEMM_MIN_ROWS` (32) rows, half-precision ones widened to f32 one slab
+//! of rows at a time. int8 / int4 weights (`quant`) take the integer tiles of `qmatmul` — at
+//! every row count where the CPU has AVX-512 VNNI, else below the GEMM threshold, above which
+//! they are dequantized one slab at a time for the GEMM.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::qmatmul::{matmul_quant, QK};
-use super::simd::{dot, Element};
+use super::qmatmul::{matmul_quant, QLevel, QK};
+use super::simd::{dot_tile, Element};
 use super::SharedMut;
 use crate::quant::{int4, int8, WeightFormat};
 
@@ -130,12 +132,9 @@ pub(super) const ROWS_PER_TASK: usize = 16;
 pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     assert_eq!(x.len(), m * w.cols, "matmul: x is not [m, cols]");
     assert_eq!(out.len(), m * w.rows, "matmul: out is not [m, rows]");
-    let gemm_min_rows = match w.data {
-        MatrixData::F32(_) => GEMM_MIN_ROWS,
-        // widening the weights to f32 for the GEMM costs a full pass over them
-        _ => GEMM_MIN_ROWS_WIDENED,
-    };
-    if m >= gemm_min_rows {
+    let quant = matches!(w.data, MatrixData::Int8 { .. } | MatrixData::Int4 { .. });
+    // the VNNI tiles beat dequantize + GEMM at every row count (qmatmul's module docs)
+    if m >= GEMM_MIN_ROWS && !(quant && QLevel::best() == QLevel::Avx512Vnni) {
         return gemm_rows(x, m, w, out);
     }
     match &w.data {
@@ -146,12 +145,10 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     }
 }
 
-/// From this many activation rows on, the blocked GEMM beats one dot product per output (f32
-/// weights: 8.5 ms vs 12 ms at 8×9728×896 on the 2-core VM; `examples/matmul_speed.rs`).
-const GEMM_MIN_ROWS: usize = 8;
-
-/// The same for half-precision weights, which must be widened to f32 for the GEMM.
-const GEMM_MIN_ROWS_WIDENED: usize = 32;
+/// From this many activation rows on, float weights go to the packed GEMM, which blocks for
+/// the caches; below it the register tiles are as fast or faster (8–31 rows at 9728×896: 1.3–2.6×
+/// faster than the GEMM on a quiet Xeon; BENCHMARKS.md).
+const GEMM_MIN_ROWS: usize = 32;
 
 /// Weight rows widened to f32 per GEMM call for half-precision weights (bounds the temporary).
 const WIDEN_ROWS: usize = 1024;
@@ -206,20 +203,110 @@ fn gemm_rows(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     }
 }
 
-fn matmul_typed<W: Element>(x: &[f32], m: usize, n: usize, k: usize, w: &[W], out: &mut [f32]) {
+/// One register tile of a few-rows matmul: activation rows `i0..i0 + MR` against weight rows
+/// `j0..j0 + NR`, written into `out[i, j]` (row stride `n`).
+pub(super) trait Tile: Sync {
+    /// Computes and writes the tile.
+    ///
+    /// # Safety
+    /// The tile is in bounds of `at.out` `[m, n]`, and no other task writes its elements.
+    unsafe fn tile<const MR: usize, const NR: usize>(&self, at: TileAt);
+}
+
+/// Where a tile goes: its first activation row `i0` and weight row `j0` in `out[m, n]`.
+#[derive(Clone, Copy)]
+pub(super) struct TileAt {
+    pub i0: usize,
+    pub j0: usize,
+    out: SharedMut<f32>,
+    n: usize,
+}
+
+/// Activation rows per tile (`MR` of the kernels), at most.
+pub(super) const TILE_M: usize = 4;
+
+/// Activation rows one pass over a task's weight tiles covers: bounds the activations that
+/// must stay in L2 while the task's weights (in L1/L2 after the first pass) meet them.
+const CHUNK_M: usize = 64;
+
+/// Runs `kernel` over every tile of `out[m, n]`: tasks of whole `NR`-row weight tiles (about
+/// [`ROWS_PER_TASK`] rows) spread over the rayon pool; inside a task each weight tile meets
+/// every activation tile of a [`CHUNK_M`]-row chunk while it is in L1, so the weights stream
+/// from memory once per call. Leftover weight rows go one at a time, leftover activation rows
+/// as a narrower tile.
+pub(super) fn run_tiles<K: Tile, const NR: usize>(kernel: &K, m: usize, n: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), m * n, "matmul: out is not [m, rows]");
     let out_ptr = SharedMut::new(out);
-    let n_tasks = n.div_ceil(ROWS_PER_TASK);
-    (0..n_tasks).into_par_iter().for_each(|task| {
-        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
-        for j in rows {
-            // one weight row stays in L1 while every activation row meets it
-            let wj = &w[j * k..(j + 1) * k];
-            for i in 0..m {
-                // SAFETY: (i, j) is in bounds, and column j belongs to this task alone.
-                unsafe { out_ptr.write(i * n + j, dot(&x[i * k..(i + 1) * k], wj)) };
+    let per_task = (ROWS_PER_TASK / NR).max(1) * NR;
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        for chunk in (0..m).step_by(CHUNK_M) {
+            let chunk_end = (chunk + CHUNK_M).min(m);
+            let end = ((task + 1) * per_task).min(n);
+            let mut j = task * per_task;
+            while j < end {
+                let nr = if j + NR <= end { NR } else { 1 };
+                let mut i = chunk;
+                while i < chunk_end {
+                    let mr = (chunk_end - i).min(TILE_M);
+                    // SAFETY: rows i..i + mr < m and columns j..j + nr ≤ end ≤ n are in bounds, and
+                    // columns task * per_task..end belong to this task alone.
+                    let at = TileAt { i0: i, j0: j, out: out_ptr, n };
+                    unsafe {
+                        match (mr, nr == NR) {
+                            (4, true) => kernel.tile::<4, NR>(at),
+                            (3, true) => kernel.tile::<3, NR>(at),
+                            (2, true) => kernel.tile::<2, NR>(at),
+                            (1, true) => kernel.tile::<1, NR>(at),
+                            (4, false) => kernel.tile::<4, 1>(at),
+                            (3, false) => kernel.tile::<3, 1>(at),
+                            (2, false) => kernel.tile::<2, 1>(at),
+                            _ => kernel.tile::<1, 1>(at),
+                        }
+                    }
+                    i += mr;
+                }
+                j += nr;
             }
         }
     });
+}
+
+/// Writes a computed tile: `vals[i][r]` is `out[i0 + i, j0 + r]`.
+///
+/// # Safety
+/// As [`Tile::tile`].
+#[inline(always)]
+pub(super) unsafe fn store_tile<const MR: usize, const NR: usize>(vals: [[f32; NR]; MR], at: TileAt) {
+    for (i, row) in vals.iter().enumerate() {
+        for (r, &v) in row.iter().enumerate() {
+            // SAFETY: the caller guarantees bounds and exclusivity.
+            unsafe { at.out.write((at.i0 + i) * at.n + at.j0 + r, v) };
+        }
+    }
+}
+
+/// Half- or single-precision weights against f32 activations.
+struct FloatTiles<'a, W> {
+    x: &'a [f32],
+    w: &'a [W],
+    k: usize,
+}
+
+impl<W: Element> Tile for FloatTiles<'_, W> {
+    unsafe fn tile<const MR: usize, const NR: usize>(&self, at: TileAt) {
+        let (k, i0, j0) = (self.k, at.i0, at.j0);
+        let x = std::array::from_fn(|i| &self.x[(i0 + i) * k..(i0 + i + 1) * k]);
+        let w = std::array::from_fn(|r| &self.w[(j0 + r) * k..(j0 + r + 1) * k]);
+        // SAFETY: forwarded from the caller.
+        unsafe { store_tile::<MR, NR>(dot_tile(x, w), at) }
+    }
+}
+
+/// Weight rows per float tile: 4 × 3 accumulators fit the 16 AVX2 registers (`simd::dot_tile`).
+const FLOAT_NR: usize = 3;
+
+fn matmul_typed<W: Element>(x: &[f32], m: usize, n: usize, k: usize, w: &[W], out: &mut [f32]) {
+    run_tiles::<_, FLOAT_NR>(&FloatTiles { x, w, k }, m, n, out);
 }
 
 #[cfg(test)]
@@ -250,6 +337,33 @@ mod tests {
                 let tol = if dtype == WeightFormat::F32 { 1e-4 } else { 0.05 };
                 for (a, b) in out.iter().zip(&want) {
                     assert!((a - b).abs() < tol, "{m}x{n}x{k} {dtype:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// Every float format at random shapes on both sides of the GEMM threshold, with tile tails
+    /// in m (not a multiple of 4), n (not of 3) and k (not of 8): against the f32 reference of
+    /// the stored (rounded) weights.
+    #[test]
+    fn tiles_match_the_reference_at_random_shapes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..60 {
+            let (m, n, k) = (rng.gen_range(1..=40), rng.gen_range(1..=50), rng.gen_range(1..=300));
+            let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            for dtype in [WeightFormat::F32, WeightFormat::BF16, WeightFormat::F16] {
+                let mat = Matrix::from_f32(n, k, w.clone()).converted(dtype);
+                let mut stored = vec![0f32; n * k];
+                for (j, row) in stored.chunks_exact_mut(k).enumerate() {
+                    mat.row_into(j, row);
+                }
+                let want = naive(&x, m, &stored, n, k);
+                let mut out = vec![0f32; m * n];
+                matmul(&x, m, &mat, &mut out);
+                for (e, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() < 1e-5 * k as f32, "{m}x{n}x{k} {dtype:?} [{e}]: {a} vs {b}");
                 }
             }
         }
