@@ -222,7 +222,7 @@ impl<'a> Loader<'a> {
             // the tied LM head is the largest matrix read per decode step: a quantized copy
             // halves its bytes against the bf16 table the gather uses
             if lm_head.is_none() {
-                lm_head = Some(embed.clone().converted(head_format));
+                lm_head = Some(embed.copy_as(head_format));
             }
             embed.converted(if format.is_quantized() { WeightFormat::BF16 } else { format })
         } else {

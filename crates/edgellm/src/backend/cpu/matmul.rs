@@ -77,34 +77,44 @@ impl Matrix {
     /// formats need whole activation blocks: int4 falls back to int8 when its group does not
     /// divide the columns, and int8 to bf16 when the columns are not a multiple of 32.
     pub fn converted(self, format: WeightFormat) -> Self {
+        if format == WeightFormat::F32 || !matches!(self.data, MatrixData::F32(_)) {
+            return self;
+        }
+        self.copy_as(format)
+    }
+
+    /// A copy of an f32 matrix stored in `format` (as [`Self::converted`], which consumes the
+    /// original; the export keeps the f32 embedding table while it makes a tied LM head).
+    pub fn copy_as(&self, format: WeightFormat) -> Self {
         let (rows, cols) = (self.rows, self.cols);
         let format = match format {
             WeightFormat::Int4 { group } if !int4::fits(cols, group) => WeightFormat::Int8,
             WeightFormat::Int8 if cols % QK != 0 => WeightFormat::BF16,
             f => f,
         };
-        let data = match (self.data, format) {
-            (MatrixData::F32(v), WeightFormat::BF16) => {
+        let MatrixData::F32(v) = &self.data else { return self.clone() };
+        let data = match format {
+            WeightFormat::F32 => MatrixData::F32(v.clone()),
+            WeightFormat::BF16 => {
                 MatrixData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>().into())
             }
-            (MatrixData::F32(v), WeightFormat::F16) => {
+            WeightFormat::F16 => {
                 MatrixData::F16(v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>().into())
             }
-            (MatrixData::F32(v), WeightFormat::Int8) => {
-                let (q, scales) = int8::quantize(&v, rows, cols);
+            WeightFormat::Int8 => {
+                let (q, scales) = int8::quantize(v, rows, cols);
                 MatrixData::Int8 { q: q.into(), scales: scales.into() }
             }
-            (MatrixData::F32(v), WeightFormat::Int4 { group }) => {
-                let (q, scales) = int4::quantize(&v, rows, cols, group);
+            WeightFormat::Int4 { group } => {
+                let (q, scales) = int4::quantize(v, rows, cols, group);
                 MatrixData::Int4 { q: q.into(), scales: scales.into(), group }
             }
-            (MatrixData::F32(v), WeightFormat::Fp8) => {
-                let (q, scales) = fp8::quantize(&v, rows, cols);
+            WeightFormat::Fp8 => {
+                let (q, scales) = fp8::quantize(v, rows, cols);
                 MatrixData::Fp8 { q: q.into(), scales: scales.into() }
             }
-            (data, _) => data,
         };
-        Matrix { data, ..self }
+        Matrix { rows, cols, data }
     }
 
     /// Row `r` dequantized into `out` (embedding lookups).
