@@ -126,13 +126,13 @@ fn existing_output_needs_force_and_must_be_a_package() {
     let pkg = tmp.path().join("pkg");
     let opts = options(WeightFormat::Int8);
     export_to(&src, &pkg, &opts, None);
-    let err = export(&src, &pkg, &opts, None, false, &mut |_| {}).err().expect("must refuse").to_string();
+    let err = export(&src, &pkg, &opts, None, false, &mut |_| {}).expect_err("must refuse").to_string();
     assert!(err.contains("--force"), "{err}");
     export(&src, &pkg, &opts, None, true, &mut |_| {}).unwrap();
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "keep me").unwrap();
-    let err = export(&src, &other, &opts, None, true, &mut |_| {}).err().expect("must refuse").to_string();
+    let err = export(&src, &other, &opts, None, true, &mut |_| {}).expect_err("must refuse").to_string();
     assert!(err.contains("not an engine package"), "{err}");
     assert!(other.join("notes.txt").is_file());
 }

@@ -289,7 +289,7 @@ impl TensorWriter {
         self.data.flush().map_err(|e| Error::io(&self.data_path, e))?;
         drop(self.data);
         let mut header = serde_json::to_string(&self.header).expect("a JSON map serializes");
-        while (8 + header.len()) % 8 != 0 {
+        while !(8 + header.len()).is_multiple_of(8) {
             header.push(' ');
         }
         let mut hasher = sha2::Sha256::new();
@@ -313,7 +313,6 @@ impl TensorWriter {
             done += n as u64;
             progress(ExportEvent { stage: "write weights", done, total });
         }
-        drop(emit);
         out.flush().map_err(|e| Error::io(path, e))?;
         std::fs::remove_file(&self.data_path).map_err(|e| Error::io(&self.data_path, e))?;
         let bytes = 8 + header.len() as u64 + total;
