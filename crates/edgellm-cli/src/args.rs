@@ -14,7 +14,8 @@ const LONG_ABOUT: &str = "\
 edgellm: run LLMs from GGUF files or HF checkpoints on CPUs and NVIDIA GPUs.
 
 A model is named by a registry name (see `edgellm models`; `edgellm pull NAME` downloads it), \
-the path of a GGUF file, or an HF checkpoint directory (config.json + *.safetensors).";
+the path of a GGUF file, an HF checkpoint directory (config.json + *.safetensors), or an engine \
+package directory written by `edgellm export` (edgellm.json + weights.safetensors).";
 
 const AFTER_HELP: &str = "\
 Models are stored under $EDGELLM_HOME/models/<name>/model.gguf (default ~/.cache/edgellm).
@@ -29,6 +30,8 @@ Examples:
   edgellm eval ppl --text license.txt     perplexity of the default model on a text
   edgellm tokenize qwen2.5-coder-0.5b-instruct \"hello world\" --json
   edgellm inspect ./model.gguf            metadata and tensor table
+  edgellm export qwen2.5-coder-0.5b-instruct -o qwen-int4 --weights int4 --awq
+                                          quantize once into a package; `edgellm run qwen-int4`
   edgellm models                          list the known models and which are downloaded
   edgellm pull qwen2.5-coder-0.5b-instruct  download and verify a model";
 
@@ -66,6 +69,9 @@ pub enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Print a GGUF or safetensors file's metadata and tensor table
     Inspect(commands::inspect::InspectArgs),
+    /// Export a model (GGUF, HF directory or registry name) to an engine package: weights
+    /// quantized and laid out for the runtime, loaded later without conversion
+    Export(commands::export::ExportArgs),
     /// Benchmark a model or a synthetic shape: TTFT, prefill/decode tok/s, TPOT, memory
     Bench(commands::bench::BenchArgs),
 }

@@ -19,7 +19,8 @@ pub struct EngineArgs {
     #[arg(short = 'c', long = "ctx", default_value_t = 0)]
     pub max_context: usize,
     /// Weight storage on the CPU: f32 (exact), bf16 or f16 (half the memory, faster decode),
-    /// int8 (per-channel) or int4 (groups of 128; int4-gN for groups of N), quantized at load.
+    /// int8 (per-channel), int4 (groups of 128; int4-gN for groups of N) or fp8 (E4M3,
+    /// per-channel), quantized at load. Engine packages (`edgellm export`) load as stored.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightFormat,
     /// Most tokens per forward pass (prompt chunk size).

@@ -13,6 +13,7 @@ pub mod engine;
 mod error;
 pub mod kv;
 pub mod model;
+pub mod package;
 pub mod quant;
 pub mod registry;
 pub mod sampling;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod inspect;
 pub mod models;
@@ -74,5 +75,6 @@ pub fn run(args: Args) -> Result<()> {
         },
         Command::Tokenize(a) => tokenize::run(&a, &ctx.resolve_model(Some(&a.model))?),
         Command::Inspect(a) => inspect::run(&a),
+        Command::Export(a) => export::run(&a, &ctx.resolve_model(Some(&a.source))?),
     }
 }

@@ -53,13 +53,16 @@ impl Engine {
     /// activation arena and the step buffers for `cfg`.
     pub fn load(path: &Path, cfg: EngineConfig) -> Result<Engine> {
         let start = Instant::now();
+        if crate::package::is_package(path) {
+            return Self::load_package(path, cfg, start);
+        }
         let source = OpenedSource::open(path)?;
         let cfg = cfg.resolve(&source.config)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .build()
             .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
-        let opts = LoadOptions { weight_format: cfg.weight_format };
+        let opts = LoadOptions { weight_format: cfg.weight_format, ..LoadOptions::default() };
         let model = pool.install(|| Model::load(source.weights.as_ref(), source.config.clone(), opts))?;
         Self::from_parts(model, source.tokenizer, cfg, pool, start)
     }
@@ -86,9 +89,34 @@ impl Engine {
                 Tokenizer::synthetic(config.vocab_size, config.bos_token_id, config.eos_token_ids.clone())?
             }
         };
-        let opts = LoadOptions { weight_format: cfg.weight_format };
+        let opts = LoadOptions { weight_format: cfg.weight_format, ..LoadOptions::default() };
         let model = pool.install(|| Model::load(weights, config, opts))?;
         Self::from_parts(model, tokenizer, cfg, pool, start)
+    }
+
+    /// Loads an engine package (`package`): weights mapped as stored, nothing converted. A
+    /// `weight_format` other than the default f32 must match the package's layers.
+    fn load_package(path: &Path, cfg: EngineConfig, start: Instant) -> Result<Engine> {
+        let package = crate::package::Package::open(path)?;
+        let stored = &package.manifest().weights.layers;
+        if cfg.weight_format != crate::quant::WeightFormat::F32 && cfg.weight_format.to_string() != *stored {
+            return Err(Error::Invalid {
+                what: "weight format",
+                why: format!(
+                    "the package at {} stores {stored} weights; --dtype {} applies only when \
+                     loading a GGUF file or HF checkpoint (re-export to change it)",
+                    path.display(),
+                    cfg.weight_format
+                ),
+            });
+        }
+        let model = package.model()?;
+        let cfg = cfg.resolve(&model.config)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .build()
+            .map_err(|e| Error::Invalid { what: "threads", why: e.to_string() })?;
+        Self::from_parts(model, package.tokenizer()?, cfg, pool, start)
     }
 
     fn from_parts(

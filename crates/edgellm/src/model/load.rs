@@ -12,22 +12,63 @@ use crate::source::{DType, WeightSource};
 use crate::{Error, Result};
 
 /// How weights are held in memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     /// Storage of the matrices: `F32` (exact), `BF16` or `F16` (half the memory and bandwidth),
-    /// `Int8` or `Int4` (quantized at load; the embedding table then stays bf16 for the row
-    /// gather, a tied LM head gets a quantized copy of its own, and the LM head is int8 under
-    /// `Int4`).
+    /// `Int8`, `Int4` or `Fp8` (quantized at load; the embedding table then stays bf16 for the
+    /// row gather and a tied LM head gets a quantized copy of its own).
     pub weight_format: WeightFormat,
+    /// Storage of the LM head; `None`: [`LoadOptions::head_format`]'s default.
+    pub lm_head_format: Option<WeightFormat>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions { weight_format: WeightFormat::F32 }
+impl LoadOptions {
+    /// The LM head's storage: as asked, or the layers' format except that int4 keeps the head in
+    /// int8 (llama.cpp likewise keeps `output.weight` at a higher precision than the layers):
+    /// Qwen2.5-Coder-0.5B perplexity 4.82 instead of 4.98 with an int4 head, for 64 MB more.
+    pub fn head_format(&self) -> WeightFormat {
+        match (self.lm_head_format, self.weight_format) {
+            (Some(f), _) => f,
+            (None, WeightFormat::Int4 { .. }) => WeightFormat::Int8,
+            (None, f) => f,
+        }
     }
 }
 
-struct Loader<'a> {
+/// Everything of a model but its decoder layers.
+pub(crate) struct Globals {
+    pub embed: Matrix,           // [vocab, hidden]
+    pub lm_head: Option<Matrix>, // [vocab, hidden]; None: tied to `embed`
+    pub final_norm: Vec<f32>,    // [hidden]
+    pub rope_full: Vec<f32>,     // [head_dim / 2]
+    pub rope_local: Vec<f32>,    // [head_dim / 2]
+    pub embed_scale: f32,
+}
+
+impl Model {
+    /// A model from its parts (the loader's, or an engine package's).
+    pub(crate) fn from_parts(config: ModelConfig, g: Globals, layers: Vec<Layer>) -> Model {
+        let Globals { embed, lm_head, final_norm, rope_full, rope_local, embed_scale } = g;
+        Model { embed, embed_scale, lm_head, layers, final_norm, rope_full, rope_local, config }
+    }
+}
+
+impl Layer {
+    /// The same layer with its four matrices stored in `format`.
+    pub(crate) fn converted(self, format: WeightFormat) -> Layer {
+        Layer {
+            wqkv: self.wqkv.converted(format),
+            wo: self.wo.converted(format),
+            w_gate_up: self.w_gate_up.converted(format),
+            w_down: self.w_down.converted(format),
+            ..self
+        }
+    }
+}
+
+/// Reads a source's tensors into runtime-layout parts, one layer at a time (the engine package
+/// writer streams them out as they come).
+pub(crate) struct Loader<'a> {
     src: &'a dyn WeightSource,
     cfg: &'a ModelConfig,
     scheme: Scheme,
@@ -36,6 +77,11 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// The model's configuration.
+    pub(crate) fn config(&self) -> &ModelConfig {
+        self.cfg
+    }
+
     fn name(&self, key: Key, layer: usize) -> String {
         tensor_name(self.scheme, self.cfg.architecture, key, layer)
     }
@@ -70,14 +116,9 @@ impl Loader<'_> {
         Ok(w)
     }
 
-    /// Several `[rows_i, cols]` matrices stacked into one `[Σ rows_i, cols]`, each dequantized
+    /// Several `[rows_i, cols]` matrices stacked into one f32 `[Σ rows_i, cols]`, each dequantized
     /// straight into its place.
     fn fused(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
-        Ok(self.fused_f32(parts, cols)?.converted(self.opts.weight_format))
-    }
-
-    /// [`Self::fused`] kept in f32.
-    fn fused_f32(&self, parts: &[(Key, usize, usize)], cols: usize) -> Result<Matrix> {
         let mut data = vec![0f32; parts.iter().map(|p| p.2).sum::<usize>() * cols];
         let mut at = 0;
         for &(key, layer, rows) in parts {
@@ -93,7 +134,13 @@ impl Loader<'_> {
         Ok(Matrix::from_f32(rows, cols, data))
     }
 
-    fn layer(&self, i: usize) -> Result<Layer> {
+    /// Layer `i` in the options' weight format.
+    pub(crate) fn layer(&self, i: usize) -> Result<Layer> {
+        Ok(self.layer_f32(i)?.converted(self.opts.weight_format))
+    }
+
+    /// Layer `i` with f32 matrices.
+    pub(crate) fn layer_f32(&self, i: usize) -> Result<Layer> {
         let c = self.cfg;
         let (hidden, q, kv, ffn, hd) =
             (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
@@ -142,11 +189,10 @@ fn unpermute_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-impl Model {
-    /// Loads every weight of `cfg` from `src` (HF or GGUF naming, detected from the tensors).
-    pub fn load(src: &dyn WeightSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model> {
+impl<'a> Loader<'a> {
+    /// A loader of `cfg`'s weights from `src` (HF or GGUF naming, detected from the tensors).
+    pub(crate) fn new(src: &'a dyn WeightSource, cfg: &'a ModelConfig, opts: LoadOptions) -> Result<Self> {
         let scheme = if src.tensor_info("token_embd.weight").is_some() { Scheme::Gguf } else { Scheme::Hf };
-        let spec = ArchSpec::of(cfg.architecture);
         if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
             return Err(Error::Config {
                 source_name: src.path().display().to_string(),
@@ -157,46 +203,54 @@ impl Model {
                 ),
             });
         }
-        let ld = Loader { src, cfg: &cfg, scheme, spec, opts };
+        Ok(Loader { src, cfg, scheme, spec: ArchSpec::of(cfg.architecture), opts })
+    }
+
+    /// The embedding table, LM head, final norm and RoPE tables.
+    pub(crate) fn globals(&self) -> Result<Globals> {
+        let (cfg, scheme, spec) = (self.cfg, self.scheme, self.spec);
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        let format = opts.weight_format;
-        // the LM head decides every token: int4 weights keep it in int8 (llama.cpp likewise keeps
-        // `output.weight` at a higher precision than the layers): Qwen2.5-Coder-0.5B perplexity
-        // 4.82 instead of 4.98 with an int4 head, for 64 MB more
-        let head_format = match format {
-            WeightFormat::Int4 { .. } => WeightFormat::Int8,
-            f => f,
-        };
-        let embed = ld.fused_f32(&[(Key::Embed, 0, vocab)], hidden)?;
-        let mut lm_head = if ld.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
-            Some(ld.fused_f32(&[(Key::LmHead, 0, vocab)], hidden)?.converted(head_format))
+        let format = self.opts.weight_format;
+        let head_format = self.opts.head_format();
+        let embed = self.fused(&[(Key::Embed, 0, vocab)], hidden)?;
+        let mut lm_head = if self.has(Key::LmHead, 0) && !(cfg.tie_word_embeddings && scheme == Scheme::Hf) {
+            Some(self.fused(&[(Key::LmHead, 0, vocab)], hidden)?.converted(head_format))
         } else {
             None
         };
-        let embed = if format.is_quantized() {
+        let embed = if format.is_quantized() || head_format != format {
             // the tied LM head is the largest matrix read per decode step: a quantized copy
             // halves its bytes against the bf16 table the gather uses
             if lm_head.is_none() {
-                lm_head = Some(embed.clone().converted(head_format));
+                lm_head = Some(embed.copy_as(head_format));
             }
-            embed.converted(WeightFormat::BF16)
+            embed.converted(if format.is_quantized() { WeightFormat::BF16 } else { format })
         } else {
             embed.converted(format)
         };
-        let layers = (0..cfg.num_hidden_layers).map(|i| ld.layer(i)).collect::<Result<Vec<_>>>()?;
-        let final_norm = ld.norm(Key::FinalNorm, 0, hidden)?;
+        let final_norm = self.norm(Key::FinalNorm, 0, hidden)?;
         let mut rope_full = inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling);
         let mut rope_local = inv_freq(cfg.rope_local_theta.unwrap_or(cfg.rope_theta), cfg.head_dim, None);
         let mut embed_scale = if spec.scale_embeddings { (hidden as f32).sqrt() } else { 1.0 };
         // HF transformers keeps the buffers RoPE `inv_freq` and Gemma's `embed_scale` in the
         // checkpoint's dtype, so a bf16 checkpoint runs with bf16-rounded constants; without the
         // same rounding the reference logits drift by ~1e-2 within 30 positions
-        let embed_dtype = src.tensor_info(&ld.name(Key::Embed, 0)).map(|i| i.dtype);
+        let embed_dtype = self.src.tensor_info(&self.name(Key::Embed, 0)).map(|i| i.dtype);
         if scheme == Scheme::Hf && embed_dtype == Some(DType::BF16) {
             let round = |f: &mut f32| *f = half::bf16::from_f32(*f).to_f32();
             rope_full.iter_mut().chain(rope_local.iter_mut()).for_each(round);
             round(&mut embed_scale);
         }
-        Ok(Model { embed, embed_scale, lm_head, layers, final_norm, rope_full, rope_local, config: cfg })
+        Ok(Globals { embed, lm_head, final_norm, rope_full, rope_local, embed_scale })
+    }
+}
+
+impl Model {
+    /// Loads every weight of `cfg` from `src` (HF or GGUF naming, detected from the tensors).
+    pub fn load(src: &dyn WeightSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model> {
+        let ld = Loader::new(src, &cfg, opts)?;
+        let globals = ld.globals()?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| ld.layer(i)).collect::<Result<Vec<_>>>()?;
+        Ok(Model::from_parts(cfg, globals, layers))
     }
 }

@@ -11,7 +11,9 @@ mod transformer;
 
 pub use arch::ArchSpec;
 pub use load::LoadOptions;
+pub(crate) use load::{Globals, Loader};
 pub use names::{tensor_name, Key, Scheme};
+pub(crate) use transformer::Layer;
 pub use transformer::{Model, Scratch};
 
 /// One step's tokens, flattened across sequences.

@@ -11,6 +11,7 @@ use crate::config::{LayerAttention, ModelConfig};
 use crate::kv::KvCache;
 
 /// One decoder block's weights. Matrices are `[out, in]`.
+#[derive(Clone)]
 pub(crate) struct Layer {
     pub attention: LayerAttention,
     pub attn_norm: Vec<f32>,              // [hidden]
@@ -102,6 +103,12 @@ impl Scratch {
     /// Most logit rows per step.
     pub fn max_logit_rows(&self) -> usize {
         self.max_logit_rows
+    }
+
+    /// The residual stream after the last step's layers, `[n_tokens, hidden]` (AWQ calibration
+    /// carries it from one layer to the next).
+    pub(crate) fn hidden_states(&self, n_tokens: usize) -> &[f32] {
+        &self.x[..n_tokens * (self.x.len() / self.max_tokens.max(1))]
     }
 
     /// The logits of the last step, writable (samplers process them in place).

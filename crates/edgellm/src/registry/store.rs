@@ -60,13 +60,15 @@ pub enum ModelPath {
     Gguf(PathBuf),
     /// An HF checkpoint directory (`config.json`, `*.safetensors`, `tokenizer.json`).
     HfDir(PathBuf),
+    /// An engine package directory (`edgellm.json`, written by `edgellm export`).
+    Package(PathBuf),
 }
 
 impl ModelPath {
     /// The file or directory.
     pub fn path(&self) -> &Path {
         match self {
-            ModelPath::Gguf(p) | ModelPath::HfDir(p) => p,
+            ModelPath::Gguf(p) | ModelPath::HfDir(p) | ModelPath::Package(p) => p,
         }
     }
 }
@@ -309,6 +311,9 @@ impl ModelStore {
 /// What an existing path is as a model.
 fn model_at(path: &Path) -> Result<ModelPath> {
     if path.is_dir() {
+        if crate::package::is_package(path) {
+            return Ok(ModelPath::Package(path.to_path_buf()));
+        }
         if path.join("config.json").is_file() {
             return Ok(ModelPath::HfDir(path.to_path_buf()));
         }
@@ -318,7 +323,7 @@ fn model_at(path: &Path) -> Result<ModelPath> {
         return Err(Error::Invalid {
             what: "model path",
             why: format!(
-                "{} is a directory with neither config.json (an HF checkpoint) nor {MODEL_FILE}",
+                "{} is a directory with none of config.json (an HF checkpoint), edgellm.json (an engine package) or {MODEL_FILE}",
                 path.display()
             ),
         });

@@ -23,6 +23,12 @@ pub enum DType {
     F16,
     /// bfloat16.
     BF16,
+    /// i8 (engine packages' int8 weights).
+    I8,
+    /// u8 (engine packages' packed int4 weights).
+    U8,
+    /// fp8 E4M3 (`F8_E4M3`).
+    F8E4M3,
     /// A ggml type (block-quantized or plain) from a GGUF file.
     Ggml(GgmlType),
 }

@@ -159,12 +159,16 @@ impl SafetensorsSource {
 }
 
 /// The safetensors dtypes edgellm reads, with their element sizes. Integer and fp8 dtypes are
-/// listed so that package files (`I8`, `U8`, `F8_E4M3`) open; [`DType`] covers only float reads.
+/// listed so that package files (`I8`, `U8`, `F8_E4M3`) open; `read_f32` widens them value by
+/// value (no scales: those are separate tensors).
 fn parse_dtype(name: &str) -> Option<(DType, usize)> {
     Some(match name {
         "F32" => (DType::F32, 4),
         "F16" => (DType::F16, 2),
         "BF16" => (DType::BF16, 2),
+        "I8" => (DType::I8, 1),
+        "U8" => (DType::U8, 1),
+        "F8_E4M3" => (DType::F8E4M3, 1),
         _ => return None,
     })
 }
@@ -195,6 +199,9 @@ impl WeightSource for SafetensorsSource {
             DType::BF16 => {
                 bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
+            DType::I8 => bytes.iter().map(|&b| b as i8 as f32).collect(),
+            DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+            DType::F8E4M3 => bytes.iter().map(|&b| crate::quant::fp8::decode(b)).collect(),
             DType::Ggml(t) => {
                 return Err(Error::Unsupported {
                     path: self.root.clone(),

@@ -15,36 +15,45 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::fp8::matmul_fp8;
 use super::qmatmul::{matmul_quant, QLevel, QK};
 use super::simd::{dot_tile, Element};
 use super::SharedMut;
-use crate::quant::{int4, int8, WeightFormat};
+use crate::quant::{fp8, int4, int8, Buf, WeightFormat};
 
-/// Element storage of a weight matrix.
+/// Element storage of a weight matrix ([`Buf`]: owned, or mapped from an engine package).
 #[derive(Debug, Clone)]
 pub enum MatrixData {
     /// f32 elements.
-    F32(Vec<f32>),
+    F32(Buf<f32>),
     /// bf16 elements.
-    BF16(Vec<bf16>),
+    BF16(Buf<bf16>),
     /// f16 elements.
-    F16(Vec<f16>),
+    F16(Buf<f16>),
     /// int8 per output channel: `q` `[rows, cols]`, `scales` `[rows]` (layout in `quant::int8`).
     Int8 {
         /// Values in `[-127, 127]`.
-        q: Vec<i8>,
+        q: Buf<i8>,
         /// One per row.
-        scales: Vec<f32>,
+        scales: Buf<f32>,
     },
     /// int4 in groups along the input: `q` `[rows, cols / 2]` packed, `scales`
     /// `[rows, cols / group]` (layout in `quant::int4`).
     Int4 {
         /// Two biased nibbles per byte.
-        q: Vec<u8>,
+        q: Buf<u8>,
         /// One per (row, group).
-        scales: Vec<f32>,
+        scales: Buf<f32>,
         /// Input features per scale.
         group: usize,
+    },
+    /// fp8 E4M3 per output channel: `q` `[rows, cols]` codes, `scales` `[rows]` (layout in
+    /// `quant::fp8`).
+    Fp8 {
+        /// E4M3 codes.
+        q: Buf<u8>,
+        /// One per row.
+        scales: Buf<f32>,
     },
 }
 
@@ -63,37 +72,51 @@ impl Matrix {
     /// An f32 matrix.
     pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data length");
-        Matrix { rows, cols, data: MatrixData::F32(data) }
+        Matrix { rows, cols, data: MatrixData::F32(data.into()) }
     }
 
     /// The same values stored in the given format (`F32` keeps them as they are). Quantized
     /// formats need whole activation blocks: int4 falls back to int8 when its group does not
     /// divide the columns, and int8 to bf16 when the columns are not a multiple of 32.
     pub fn converted(self, format: WeightFormat) -> Self {
+        if format == WeightFormat::F32 || !matches!(self.data, MatrixData::F32(_)) {
+            return self;
+        }
+        self.copy_as(format)
+    }
+
+    /// A copy of an f32 matrix stored in `format` (as [`Self::converted`], which consumes the
+    /// original; the export keeps the f32 embedding table while it makes a tied LM head).
+    pub fn copy_as(&self, format: WeightFormat) -> Self {
         let (rows, cols) = (self.rows, self.cols);
         let format = match format {
             WeightFormat::Int4 { group } if !int4::fits(cols, group) => WeightFormat::Int8,
             WeightFormat::Int8 if cols % QK != 0 => WeightFormat::BF16,
             f => f,
         };
-        let data = match (self.data, format) {
-            (MatrixData::F32(v), WeightFormat::BF16) => {
-                MatrixData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect())
+        let MatrixData::F32(v) = &self.data else { return self.clone() };
+        let data = match format {
+            WeightFormat::F32 => MatrixData::F32(v.clone()),
+            WeightFormat::BF16 => {
+                MatrixData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>().into())
             }
-            (MatrixData::F32(v), WeightFormat::F16) => {
-                MatrixData::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+            WeightFormat::F16 => {
+                MatrixData::F16(v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>().into())
             }
-            (MatrixData::F32(v), WeightFormat::Int8) => {
-                let (q, scales) = int8::quantize(&v, rows, cols);
-                MatrixData::Int8 { q, scales }
+            WeightFormat::Int8 => {
+                let (q, scales) = int8::quantize(v, rows, cols);
+                MatrixData::Int8 { q: q.into(), scales: scales.into() }
             }
-            (MatrixData::F32(v), WeightFormat::Int4 { group }) => {
-                let (q, scales) = int4::quantize(&v, rows, cols, group);
-                MatrixData::Int4 { q, scales, group }
+            WeightFormat::Int4 { group } => {
+                let (q, scales) = int4::quantize(v, rows, cols, group);
+                MatrixData::Int4 { q: q.into(), scales: scales.into(), group }
             }
-            (data, _) => data,
+            WeightFormat::Fp8 => {
+                let (q, scales) = fp8::quantize(v, rows, cols);
+                MatrixData::Fp8 { q: q.into(), scales: scales.into() }
+            }
         };
-        Matrix { data, ..self }
+        Matrix { rows, cols, data }
     }
 
     /// Row `r` dequantized into `out` (embedding lookups).
@@ -109,6 +132,7 @@ impl Matrix {
                 let qr = &q[r * self.cols / 2..(r + 1) * self.cols / 2];
                 int4::dequantize_row(qr, &scales[r * ng..(r + 1) * ng], *group, out)
             }
+            MatrixData::Fp8 { q, scales } => fp8::dequantize_row(&q[range], scales[r], out),
         }
     }
 
@@ -120,6 +144,7 @@ impl Matrix {
             MatrixData::F16(v) => v.len() * 2,
             MatrixData::Int8 { q, scales } => q.len() + scales.len() * 4,
             MatrixData::Int4 { q, scales, .. } => q.len() + scales.len() * 4,
+            MatrixData::Fp8 { q, scales } => q.len() + scales.len() * 4,
         }
     }
 }
@@ -138,10 +163,11 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
         return gemm_rows(x, m, w, out);
     }
     match &w.data {
-        MatrixData::F32(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
-        MatrixData::BF16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
-        MatrixData::F16(v) => matmul_typed(x, m, w.rows, w.cols, v, out),
+        MatrixData::F32(v) => matmul_typed(x, m, w.rows, w.cols, &v[..], out),
+        MatrixData::BF16(v) => matmul_typed(x, m, w.rows, w.cols, &v[..], out),
+        MatrixData::F16(v) => matmul_typed(x, m, w.rows, w.cols, &v[..], out),
         MatrixData::Int8 { .. } | MatrixData::Int4 { .. } => matmul_quant(x, m, w, out),
+        MatrixData::Fp8 { .. } => matmul_fp8(x, m, w, out),
     }
 }
 
@@ -163,7 +189,7 @@ fn gemm_rows(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
             _ => WIDEN_ROWS.min(n - row),
         };
         let slab: &[f32] = match &w.data {
-            MatrixData::F32(v) => v,
+            MatrixData::F32(v) => &v[..],
             // every other format widens one slab of rows through `row_into`
             _ => {
                 widened.resize(rows * k, 0.0);

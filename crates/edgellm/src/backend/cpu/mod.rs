@@ -2,6 +2,7 @@
 //! with rayon over output rows (`matmul`) and over (token, KV head) pairs (`attention`).
 
 pub mod attention;
+pub mod fp8;
 pub mod matmul;
 pub mod ops;
 pub mod qmatmul;

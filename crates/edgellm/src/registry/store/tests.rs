@@ -252,7 +252,7 @@ fn resolve_names_paths_and_directories() {
     // things that are not models
     fs::remove_file(hf.join("config.json")).unwrap();
     let msg = store.resolve(hf.to_str().unwrap(), None).unwrap_err().to_string();
-    assert!(msg.contains("neither config.json"), "{msg}");
+    assert!(msg.contains("none of config.json"), "{msg}");
     let not_gguf = fx.home.join("notes.txt");
     fs::write(&not_gguf, "hello").unwrap();
     let msg = store.resolve(not_gguf.to_str().unwrap(), None).unwrap_err().to_string();
