@@ -9,8 +9,9 @@
 //!
 //! Instruction sets ([`QLevel`]), chosen at run time: AVX-512 VNNI (`vpdpbusd`, 64 bytes per
 //! instruction; int8 weights use |x| and x's sign moved onto w), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`, the same sign trick), and a portable scalar fallback that is also the reference the
-//! SIMD levels are tested against. Work is split over chunks of weight rows with rayon, as in
+//! `vpmaddwd`, the same sign trick), on aarch64 NEON (`smull`/`sadalp` on every CPU, `sdot`
+//! where the dotprod extension exists; CI runs these under qemu), and a portable scalar fallback
+//! that is also the reference the SIMD levels are tested against. Work is split over chunks of weight rows with rayon, as in
 //! `matmul`.
 //!
 //! At the VNNI level the kernels are register tiles (`tile_i8_vnni`, `tile_i4_vnni`): 4
@@ -39,11 +40,16 @@ pub enum QLevel {
     Avx2,
     /// AVX-512 F/BW + VNNI (x86-64).
     Avx512Vnni,
+    /// NEON widening multiplies (every aarch64 CPU).
+    Neon,
+    /// NEON `sdot`, the dotprod extension (aarch64: Cortex-A76/A78 and later, e.g. Jetson Orin).
+    NeonDotprod,
 }
 
 impl QLevel {
-    /// Every level, fastest last.
-    pub const ALL: [QLevel; 3] = [QLevel::Scalar, QLevel::Avx2, QLevel::Avx512Vnni];
+    /// Every level; within one architecture, fastest last.
+    pub const ALL: [QLevel; 5] =
+        [QLevel::Scalar, QLevel::Avx2, QLevel::Avx512Vnni, QLevel::Neon, QLevel::NeonDotprod];
 
     /// Whether this CPU can run the level.
     pub fn supported(self) -> bool {
@@ -58,7 +64,10 @@ impl QLevel {
                     && is_x86_feature_detected!("avx512vnni")
                     && QLevel::Avx2.supported()
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            QLevel::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            QLevel::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
             _ => false,
         }
     }
@@ -87,8 +96,10 @@ struct QActs {
 #[derive(Clone, Copy)]
 struct ActRow<'a> {
     q: &'a [i8],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // x86 kernels only
     qu: &'a [u8],
     scale: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // x86 kernels only
     scale8: &'a [f32],
     gsum: &'a [f32],
 }
@@ -234,6 +245,12 @@ fn dot_i8(level: QLevel, a: ActRow, w: &[i8]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         QLevel::Avx512Vnni => unsafe { x86::dot_i8_vnni(a, w) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        QLevel::Neon => unsafe { neon::dot_i8_neon(a, w) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        QLevel::NeonDotprod => unsafe { neon::dot_i8_sdot(a, w) },
         _ => dot_i8_scalar(a, w),
     }
 }
@@ -247,6 +264,12 @@ fn dot_i4(level: QLevel, a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         QLevel::Avx512Vnni => unsafe { x86::dot_i4_vnni(a, w, ws, group) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        QLevel::Neon => unsafe { neon::dot_i4_neon(a, w, ws, group) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        QLevel::NeonDotprod => unsafe { neon::dot_i4_sdot(a, w, ws, group) },
         _ => dot_i4_scalar(a, w, ws, group),
     }
 }
@@ -546,6 +569,159 @@ mod x86 {
             corr += s * a.gsum[g];
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * corr
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    //! NEON int8 dot products. Every aarch64 CPU has NEON (`smull` + pairwise accumulate); the
+    //! `dotprod` extension (Cortex-A76/A78 and later, so Jetson Orin) adds `sdot`, four int8
+    //! products summed into each i32 lane. `vdotq_s32` is still unstable in Rust, hence the
+    //! one-instruction `asm!`.
+    use super::{ActRow, QK};
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    /// How one 16-byte int8 × int8 product is summed into four i32 lanes.
+    trait Dot16 {
+        /// # Safety
+        /// The CPU supports the implementation's instructions.
+        unsafe fn dot16(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t;
+    }
+
+    /// Baseline NEON: widening multiplies, pairwise-added into the lanes.
+    struct Widening;
+    impl Dot16 for Widening {
+        #[inline(always)]
+        unsafe fn dot16(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+            // SAFETY: NEON is part of every aarch64 target. |x|, |w| ≤ 127 (int8) or w ≤ 15
+            // (int4 nibbles), so each pair of products fits in an i16 lane.
+            unsafe {
+                let lo = vmull_s8(vget_low_s8(x), vget_low_s8(w));
+                vpadalq_s16(acc, vmlal_high_s8(lo, x, w))
+            }
+        }
+    }
+
+    /// `sdot` (the dotprod extension).
+    struct Sdot;
+    impl Dot16 for Sdot {
+        #[inline(always)]
+        unsafe fn dot16(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+            // SAFETY: register-only instruction; the caller's target features include dotprod.
+            unsafe {
+                asm!("sdot {acc:v}.4s, {x:v}.16b, {w:v}.16b",
+                    acc = inout(vreg) acc, x = in(vreg) x, w = in(vreg) w,
+                    options(pure, nomem, nostack));
+            }
+            acc
+        }
+    }
+
+    /// # Safety
+    /// `D`'s instructions are supported; `w.len() == a.q.len()`, a multiple of [`QK`].
+    #[inline(always)]
+    unsafe fn dot_i8<D: Dot16>(a: ActRow, w: &[i8]) -> f32 {
+        // SAFETY: NEON is part of every aarch64 target; loads as commented below.
+        unsafe {
+            debug_assert_eq!(w.len(), a.q.len());
+            let (xp, wp) = (a.q.as_ptr(), w.as_ptr());
+            let mut acc = vdupq_n_f32(0.0);
+            for (b, &s) in a.scale.iter().enumerate() {
+                let e = b * QK;
+                // in bounds: e + 32 ≤ len for both rows by the length contract
+                let d = {
+                    let d = D::dot16(vdupq_n_s32(0), vld1q_s8(xp.add(e)), vld1q_s8(wp.add(e)));
+                    D::dot16(d, vld1q_s8(xp.add(e + 16)), vld1q_s8(wp.add(e + 16)))
+                };
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), s);
+            }
+            vaddvq_f32(acc)
+        }
+    }
+
+    /// # Safety
+    /// `D`'s instructions are supported; `w.len() * 2 == a.q.len()`, `ws.len() * group ==
+    /// a.q.len()`, `group` a multiple of 64.
+    #[inline(always)]
+    unsafe fn dot_i4<D: Dot16>(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+        // SAFETY: NEON is part of every aarch64 target; loads as commented below.
+        unsafe {
+            debug_assert_eq!(w.len() * 2, a.q.len());
+            debug_assert_eq!(ws.len() * group, a.q.len());
+            let (xp, wp) = (a.q.as_ptr(), w.as_ptr());
+            let nibble = vdupq_n_u8(0x0F);
+            let mut acc = vdupq_n_f32(0.0);
+            let mut corr = 0f32;
+            for (g, &s) in ws.iter().enumerate() {
+                let mut gacc = vdupq_n_f32(0.0);
+                for c in 0..group / 64 {
+                    let e = g * group + c * 64;
+                    // in bounds: e + 64 ≤ a.q.len() and e / 2 + 32 ≤ w.len() by the length contract.
+                    // The 32 bytes hold elements e..e+32 in their low nibbles and e+32..e+64 in the
+                    // high ones (quant::int4's packing); values 0..=15 read as i8 unchanged.
+                    let (lo, hi) = {
+                        let (b0, b1) = (vld1q_u8(wp.add(e / 2)), vld1q_u8(wp.add(e / 2 + 16)));
+                        let lo = D::dot16(
+                            D::dot16(
+                                vdupq_n_s32(0),
+                                vld1q_s8(xp.add(e)),
+                                vreinterpretq_s8_u8(vandq_u8(b0, nibble)),
+                            ),
+                            vld1q_s8(xp.add(e + 16)),
+                            vreinterpretq_s8_u8(vandq_u8(b1, nibble)),
+                        );
+                        let hi = D::dot16(
+                            D::dot16(
+                                vdupq_n_s32(0),
+                                vld1q_s8(xp.add(e + 32)),
+                                vreinterpretq_s8_u8(vshrq_n_u8(b0, 4)),
+                            ),
+                            vld1q_s8(xp.add(e + 48)),
+                            vreinterpretq_s8_u8(vshrq_n_u8(b1, 4)),
+                        );
+                        (lo, hi)
+                    };
+                    gacc = vfmaq_n_f32(gacc, vcvtq_f32_s32(lo), a.scale[e / QK]);
+                    gacc = vfmaq_n_f32(gacc, vcvtq_f32_s32(hi), a.scale[e / QK + 1]);
+                }
+                acc = vfmaq_n_f32(acc, gacc, s);
+                corr += s * a.gsum[g];
+            }
+            vaddvq_f32(acc) - 8.0 * corr
+        }
+    }
+
+    /// # Safety
+    /// As [`dot_i8`]; NEON is part of every aarch64 target.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn dot_i8_neon(a: ActRow, w: &[i8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { dot_i8::<Widening>(a, w) }
+    }
+
+    /// # Safety
+    /// As [`dot_i8`], and the CPU supports dotprod.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn dot_i8_sdot(a: ActRow, w: &[i8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { dot_i8::<Sdot>(a, w) }
+    }
+
+    /// # Safety
+    /// As [`dot_i4`].
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn dot_i4_neon(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { dot_i4::<Widening>(a, w, ws, group) }
+    }
+
+    /// # Safety
+    /// As [`dot_i4`], and the CPU supports dotprod.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn dot_i4_sdot(a: ActRow, w: &[u8], ws: &[f32], group: usize) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { dot_i4::<Sdot>(a, w, ws, group) }
     }
 }
 
