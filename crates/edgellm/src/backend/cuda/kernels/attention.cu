@@ -19,6 +19,7 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
                                int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
                                float cap) {
     extern __shared__ float sh[];
+    pdl_start();
     float* qs = sh;                   // [head_dim]
     float* p = sh + head_dim;         // [blockDim.x] scores, then weights
     float* red = p + blockDim.x;      // [blockDim.x * 8] accumulator reduction
@@ -107,6 +108,7 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
 // Launch: one block per (token, head), head_dim threads.
 template <class W>
 __device__ void attention_combine_impl(const float* part, u16* out, int n_splits, int head_dim) {
+    pdl_start();
     const float* pp = part + (size_t)blockIdx.x * n_splits * (head_dim + 2);
     float mx = NEG_INF;
     for (int z = 0; z < n_splits; z++) mx = fmaxf(mx, pp[z * (head_dim + 2)]);

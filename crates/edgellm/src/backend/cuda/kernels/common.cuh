@@ -88,3 +88,24 @@ __device__ __forceinline__ float activation(float g, int act) {
 }
 
 __device__ __forceinline__ float softcap(float v, float cap) { return cap > 0.f ? cap * tanhf(v / cap) : v; }
+
+// Programmatic dependent launch (sm_90+; no-ops elsewhere and when a kernel was launched without
+// the attribute). A kernel launched with it may start while the previous kernel of the stream
+// still runs: it does only work that reads nothing an earlier kernel writes (GEMV weight loads),
+// then `pdl_wait` (the previous grid has completed and its writes are visible; by induction every
+// earlier one too), then `pdl_trigger` lets the next kernel start its own prologue. Every kernel
+// calls `pdl_wait` before its first read or write of activations, caches or outputs.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}

@@ -8,6 +8,7 @@
 // x[t] = table[ids[t]] * scale
 template <class W>
 __device__ void embed_impl(const int* ids, const u16* table, float* x, int hidden, float scale) {
+    pdl_start();
     const u16* row = table + (size_t)ids[blockIdx.x] * hidden;
     float* out = x + (size_t)blockIdx.x * hidden;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = W::to_f(row[i]) * scale;
@@ -22,6 +23,7 @@ __device__ __forceinline__ float inv_rms(const float* x, int hidden, float eps) 
 // out[r] = norm(x[rows ? rows[r] : r]) * w
 template <class W>
 __device__ void rmsnorm_impl(const float* x, const float* w, u16* out, const int* rows, int hidden, float eps) {
+    pdl_start();
     int src = rows ? rows[blockIdx.x] : blockIdx.x;
     const float* xr = x + (size_t)src * hidden;
     float s = inv_rms(xr, hidden, eps);
@@ -33,6 +35,7 @@ __device__ void rmsnorm_impl(const float* x, const float* w, u16* out, const int
 template <class W>
 __device__ void residual_rmsnorm_impl(float* x, const float* h, const float* post_w, const float* next_w, u16* out,
                                       int hidden, float eps) {
+    pdl_start();
     float* xr = x + (size_t)blockIdx.x * hidden;
     const float* hr = h + (size_t)blockIdx.x * hidden;
     float s = post_w ? inv_rms(hr, hidden, eps) : 1.f;

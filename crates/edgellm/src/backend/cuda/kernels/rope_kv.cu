@@ -16,6 +16,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
                              int max_blocks, u16* k_cache, u16* v_cache, float* q_out, int n_heads, int n_kv_heads,
                              int head_dim, int block_size, float eps) {
     __shared__ float head[256];
+    pdl_start();
     int t = blockIdx.x, h = blockIdx.y;  // h: q heads, then k heads, then v heads
     int width = (n_heads + 2 * n_kv_heads) * head_dim;
     const float* src = qkv + (size_t)t * width + h * head_dim;

@@ -5,6 +5,7 @@
 // Launch: grid (ceil(ffn / 256), n), 256 threads.
 template <class W>
 __device__ void gated_act_impl(const float* gu, u16* out, int ffn, int act) {
+    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
     if (i >= ffn) return;
     const float* r = gu + (size_t)t * 2 * ffn;
@@ -20,6 +21,7 @@ extern "C" __global__ void gated_act_bf16(const float* gu, u16* out, int ffn, in
 
 // x = cap * tanh(x / cap) over n elements. Launch: ceil(n / 256) blocks of 256.
 extern "C" __global__ void softcap_f32(float* x, int n, float cap) {
+    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = softcap(x[i], cap);
 }
@@ -27,6 +29,7 @@ extern "C" __global__ void softcap_f32(float* x, int n, float cap) {
 // ids[r] = argmax of logits row r (ties: the lowest id; NaN never wins), as the CPU sampler.
 // Launch: one block per row, 1024 threads.
 extern "C" __global__ void argmax_f32(const float* logits, int vocab, int* ids) {
+    pdl_start();
     const float* row = logits + (size_t)blockIdx.x * vocab;
     float best = NEG_INF;
     int best_id = 0x7fffffff;
