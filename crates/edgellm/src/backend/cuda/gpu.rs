@@ -254,11 +254,20 @@ impl Gpu {
             .map_err(driver_err("cuGraphLaunch"))
     }
 
-    /// `c[n, m] = a[n, k] · w[m, k]ᵀ` with `a`, `w` in fp16 (`bf16` false) or bf16, `c` fp32,
-    /// fp32 accumulation (prefill projections and LM head).
-    pub fn gemm(&self, bf16: bool, a: u64, w: u64, c: u64, n: usize, m: usize, k: usize) -> Result<()> {
+    /// `c[n, m] = a[n, k] · w[m, k]ᵀ (+ c[n, m] with `accumulate`)` with `a`, `w` in fp16 (`bf16`
+    /// false) or bf16, `c` fp32, fp32 accumulation (prefill projections and LM head).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        bf16: bool,
+        a: u64,
+        w: u64,
+        c: u64,
+        (n, m, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
         let t = if bf16 { blas_sys::cudaDataType::CUDA_R_16BF } else { blas_sys::cudaDataType::CUDA_R_16F };
-        let (alpha, beta) = (1f32, 0f32);
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         // SAFETY: row-major a [n, k] is column-major [k, n]; w [m, k] row-major is column-major
         // [k, m], transposed to [m, k]; c column-major [m, n] is row-major [n, m]. Buffers are
         // sized by the caller for these shapes.
