@@ -256,7 +256,7 @@ impl Gpu {
 
     /// `c[n, m] = a[n, k] · w[m, k]ᵀ (+ c[n, m] with `accumulate`)` with `a`, `w` in fp16 (`bf16`
     /// false) or bf16, `c` fp32, fp32 accumulation (prefill projections and LM head).
-        pub fn gemm(
+    pub fn gemm(
         &self,
         bf16: bool,
         a: u64,
