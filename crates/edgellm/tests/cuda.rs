@@ -91,11 +91,10 @@ fn check_fixture(name: &str, format: WeightFormat, greedy: bool) -> f32 {
     worst
 }
 
-// fp16 activations between kernels keep every fixture within the 2e-2 (at most 5e-3 on
-// the H100) with HF's greedy ids. bf16 ones (8-bit mantissa) do NOT meet 2e-2: 1.3e-2 to 3.05e-2
-// on the H100 (tiny-qwen3 "chat" worst) and one flipped near-tied greedy id on tiny-llama; the
-// bound below only guards against regressions until activations stay fp16/fp32 under bf16
-// weights
+// Both formats must hold every fixture within the 2e-2 (H100: fp16 at most 5.0e-3; bf16
+// at most 2.2e-3, with activations carried as bf16 hi + lo halves and an fp16 KV cache; plain bf16
+// activations had reached 3.05e-2); fp16 must also give HF's greedy ids (bf16 weights may flip a
+// near-tie)
 #[test]
 fn tiny_fixtures_match_hf_in_f16_and_bf16() {
     if !have_gpu() {
@@ -106,7 +105,7 @@ fn tiny_fixtures_match_hf_in_f16_and_bf16() {
     let bf16: Vec<f32> = names.iter().map(|n| check_fixture(n, WeightFormat::BF16, false)).collect();
     for (name, (a, b)) in names.iter().zip(f16.iter().zip(&bf16)) {
         assert!(*a <= 2e-2, "{name} f16: max |Δlogit| {a}");
-        assert!(*b <= 4e-2, "{name} bf16: max |Δlogit| {b}");
+        assert!(*b <= 2e-2, "{name} bf16: max |Δlogit| {b}");
     }
 }
 

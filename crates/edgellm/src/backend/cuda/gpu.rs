@@ -102,6 +102,9 @@ pub struct Gpu {
     pub sm_count: usize,
     /// Device memory in bytes.
     pub total_mem: usize,
+    /// Launch kernels with programmatic dependent launch (sm_90+; `EDGELLM_CUDA_PDL=0` turns it
+    /// off, to measure what it gains).
+    pdl: bool,
 }
 
 /// The NVRTC target for compute capability `cc`: Hopper gets its `a` target (wgmma, setmaxnreg).
@@ -144,7 +147,8 @@ impl Gpu {
             .map_err(driver_err("cuModuleLoadData"))?;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda { op: "cublasCreate", detail: format!("{e:?}") })?;
-        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem })
+        let pdl = cc.0 >= 9 && std::env::var("EDGELLM_CUDA_PDL").map_or(true, |v| v != "0");
+        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl })
     }
 
     /// Makes the context current on the calling thread (the engine may move between threads).
@@ -165,11 +169,30 @@ impl Gpu {
         // SAFETY: `module` is loaded; a missing name is reported as an error.
         let f = unsafe { result::module::get_function(self.module, cname) }
             .map_err(|e| Error::Cuda { op: "cuModuleGetFunction", detail: format!("{name}: {e:?}") })?;
-        // SAFETY: each kernel's launcher in `ops` passes arguments matching its signature.
-        unsafe {
-            result::launch_kernel(f, (grid.0, grid.1, 1), (block, 1, 1), shmem, self.stream.cu_stream(), args)
-        }
-        .map_err(|e| Error::Cuda { op: "cuLaunchKernel", detail: format!("{name}: {e:?}") })
+        // programmatic dependent launch: the kernel may start during the previous one's tail
+        // (every kernel waits for it before touching its outputs: common.cuh `pdl_start`)
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: 1,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: shmem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: self.pdl as u32,
+        };
+        // SAFETY: each kernel's launcher in `model` passes arguments matching its signature;
+        // `config` and `attr` outlive the call.
+        unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| Error::Cuda { op: "cuLaunchKernelEx", detail: format!("{name}: {e:?}") })
     }
 
     /// Copies `src` to device address `dst` (stream-ordered).
@@ -231,11 +254,19 @@ impl Gpu {
             .map_err(driver_err("cuGraphLaunch"))
     }
 
-    /// `c[n, m] = a[n, k] · w[m, k]ᵀ` with `a`, `w` in fp16 (`bf16` false) or bf16, `c` fp32,
-    /// fp32 accumulation (prefill projections and LM head).
-    pub fn gemm(&self, bf16: bool, a: u64, w: u64, c: u64, n: usize, m: usize, k: usize) -> Result<()> {
+    /// `c[n, m] = a[n, k] · w[m, k]ᵀ (+ c[n, m] with `accumulate`)` with `a`, `w` in fp16 (`bf16`
+    /// false) or bf16, `c` fp32, fp32 accumulation (prefill projections and LM head).
+    pub fn gemm(
+        &self,
+        bf16: bool,
+        a: u64,
+        w: u64,
+        c: u64,
+        (n, m, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
         let t = if bf16 { blas_sys::cudaDataType::CUDA_R_16BF } else { blas_sys::cudaDataType::CUDA_R_16F };
-        let (alpha, beta) = (1f32, 0f32);
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         // SAFETY: row-major a [n, k] is column-major [k, n]; w [m, k] row-major is column-major
         // [k, m], transposed to [m, k]; c column-major [m, n] is row-major [n, m]. Buffers are
         // sized by the caller for these shapes.

@@ -1,5 +1,5 @@
 //! The forward pass on the GPU: the CPU [`Model`]'s plan (model/transformer.rs) with the same
-//! paged KV layout and block tables, over fp16 or bf16 weights.
+//! paged KV layout and block tables, over fp16 or bf16 weights (the KV cache is fp16 for both).
 //!
 //! Everything is allocated in [`CudaModel::new`]: weights, the KV pool, the activation arena for
 //! `max_tokens` tokens, the step inputs and the sampling buffers. A step copies its inputs
@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 /// Most tokens a step may have for the GEMV kernels and graph capture (`gemv_*_n1..n8`).
 pub const MAX_GEMV_TOKENS: usize = 8;
+/// Blocks per logit row of the argmax (kernels/sample.cu).
+const ARGMAX_SPLITS: usize = 32;
 /// Most split-K partitions of decode attention.
 const MAX_SPLITS: usize = 16;
 
@@ -46,20 +48,25 @@ struct LayerBufs {
     v_cache: DevBuf,
 }
 
-/// Activations for one step, sized for `max_tokens` tokens and `max_rows` logit rows.
+/// Activations for one step, sized for `max_tokens` tokens and `max_rows` logit rows. Those
+/// marked "activations" are the projections' inputs in the storage type, followed under bf16 by
+/// as many low halves (kernels/common.cuh `store_act`): [n, dim] then [n, dim] for an n-token step.
 struct Arena {
-    x: DevBuf,       // f32 [T, hidden] residual stream
-    h: DevBuf,       // f32 [T, hidden] sub-block output
-    hn: DevBuf,      // [T, hidden] normed input of a projection
-    qkv: DevBuf,     // f32 [T, q_dim + 2·kv_dim]
-    q: DevBuf,       // f32 [T, q_dim] roped queries
-    attn: DevBuf,    // [T, q_dim]
-    gate_up: DevBuf, // f32 [T, 2·intermediate] (prefill)
-    act: DevBuf,     // [T, intermediate]
-    part: DevBuf,    // f32 [MAX_GEMV_TOKENS, n_heads, MAX_SPLITS, head_dim + 2] split-K partials
-    rows: DevBuf,    // [R, hidden] normed rows that need logits
-    logits: DevBuf,  // f32 [R, vocab]
-    ids: DevBuf,     // i32 [R] argmax of each row
+    x: DevBuf,        // f32 [T, hidden] residual stream
+    h: DevBuf,        // f32 [T, hidden] sub-block output
+    hn: DevBuf,       // activations [T, hidden] normed input of a projection
+    qkv: DevBuf,      // f32 [T, q_dim + 2·kv_dim]
+    q: DevBuf,        // f32 [T, q_dim] roped queries
+    attn: DevBuf,     // activations [T, q_dim]
+    gate_up: DevBuf,  // f32 [T, 2·intermediate] (prefill)
+    act: DevBuf,      // activations [T, intermediate]
+    part: DevBuf,     // f32 [MAX_GEMV_TOKENS, n_heads, MAX_SPLITS, head_dim + 2] split-K partials
+    done: DevBuf,     // i32 [MAX_GEMV_TOKENS, n_heads] splits finished (0 between steps)
+    rows: DevBuf,     // activations [R, hidden] normed rows that need logits
+    logits: DevBuf,   // f32 [R, vocab]
+    ids: DevBuf,      // i32 [R] argmax of each row
+    cand: DevBuf,     // f32 [R, ARGMAX_SPLITS] then i32 [R, ARGMAX_SPLITS]: each split's best logit
+    row_done: DevBuf, // i32 [R] argmax splits finished (0 between steps)
     // step inputs, one copy per step: u32 [tokens T | positions T | token_seq T | logit_rows R |
     // tables max_seqs × max_blocks]
     inputs: DevBuf,
@@ -172,6 +179,7 @@ impl CudaModel {
         let vec = |v: &[f32]| gpu.upload(v);
         let opt = |v: &Option<Vec<f32>>| v.as_deref().map(vec).transpose();
         let elt = 2; // bytes of a storage element
+        let act_elt = if bf16 { 2 * elt } else { elt }; // bf16 activations carry a low half
         let layers = model
             .layers
             .iter()
@@ -201,16 +209,19 @@ impl CudaModel {
         let a = Arena {
             x: DevBuf::new(t * hidden * 4)?,
             h: DevBuf::new(t * hidden * 4)?,
-            hn: DevBuf::new(t * hidden * elt)?,
+            hn: DevBuf::new(t * hidden * act_elt)?,
             qkv: DevBuf::new(t * qkv_dim * 4)?,
             q: DevBuf::new(t * q_dim * 4)?,
-            attn: DevBuf::new(t * q_dim * elt)?,
+            attn: DevBuf::new(t * q_dim * act_elt)?,
             gate_up: DevBuf::new(t * 2 * ffn * 4)?,
-            act: DevBuf::new(t * ffn * elt)?,
+            act: DevBuf::new(t * ffn * act_elt)?,
             part: DevBuf::new(MAX_GEMV_TOKENS * c.num_attention_heads * MAX_SPLITS * (c.head_dim + 2) * 4)?,
-            rows: DevBuf::new(r * hidden * elt)?,
+            done: gpu.upload(&vec![0i32; MAX_GEMV_TOKENS * c.num_attention_heads])?,
+            rows: DevBuf::new(r * hidden * act_elt)?,
             logits: DevBuf::new(r * c.vocab_size * 4)?,
             ids: DevBuf::new(r * 4)?,
+            cand: DevBuf::new(r * ARGMAX_SPLITS * 8)?,
+            row_done: gpu.upload(&vec![0i32; r])?,
             inputs: DevBuf::new((3 * t + r + limits.max_seqs * max_blocks) * 4)?,
             tokens: 0,
             positions: 0,
@@ -363,12 +374,8 @@ impl CudaModel {
             let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
             launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
                 a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
-                self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
+                self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
                 c.attn_scale(), window, cap)?;
-            if splits > 1 {
-                launch!(g, format!("attention_combine_{dt}"), (nu * n_heads as u32, 1), hd as u32, 0;
-                    a.part.ptr(), a.attn.ptr(), splits as i32, hd)?;
-            }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
             self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), c.hidden_size, q_dim, 0.0)?;
             launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
@@ -379,15 +386,7 @@ impl CudaModel {
                 launch!(g, format!("gemv_gated_{dt}_n{n}"), (gemv_blocks(ffn, ks), 1), 128, 0;
                     l.w_gate_up.ptr(), a.hn.ptr(), a.act.ptr(), ffn as i32, hidden, act, ks)?;
             } else {
-                g.gemm(
-                    dt == "bf16",
-                    a.hn.ptr(),
-                    l.w_gate_up.ptr(),
-                    a.gate_up.ptr(),
-                    n,
-                    2 * ffn,
-                    c.hidden_size,
-                )?;
+                self.gemm(a.hn.ptr(), &l.w_gate_up, a.gate_up.ptr(), (n, 2 * ffn, c.hidden_size))?;
                 launch!(g, format!("gated_act_{dt}"), ((ffn as u32).div_ceil(256), nu), 256, 0;
                     a.gate_up.ptr(), a.act.ptr(), ffn as i32, act)?;
             }
@@ -406,7 +405,20 @@ impl CudaModel {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let cap = c.final_logit_softcapping.unwrap_or(0.0);
         self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), c.vocab_size, c.hidden_size, cap)?;
-        launch!(g, "argmax_f32", (ru, 1), 1024, 0; a.logits.ptr(), c.vocab_size as i32, a.ids.ptr())
+        let cand_i = a.cand.ptr() + (r * ARGMAX_SPLITS * 4) as u64;
+        launch!(g, "argmax_f32", (ru, ARGMAX_SPLITS as u32), 256, 0;
+            a.logits.ptr(), c.vocab_size as i32, a.cand.ptr(), cand_i, a.row_done.ptr(), a.ids.ptr())
+    }
+
+    /// `out[n, m] = x[n, k] · wᵀ` in fp32 by cuBLAS, `x` activations: under bf16, the high and
+    /// the low halves are two products summed in `out`.
+    fn gemm(&self, x: u64, w: &DevBuf, out: u64, (n, m, k): (usize, usize, usize)) -> Result<()> {
+        let bf16 = self.dt == "bf16";
+        self.gpu.gemm(bf16, x, w.ptr(), out, (n, m, k), false)?;
+        if bf16 {
+            self.gpu.gemm(bf16, x + (n * k * 2) as u64, w.ptr(), out, (n, m, k), true)?;
+        }
+        Ok(())
     }
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
@@ -427,7 +439,7 @@ impl CudaModel {
             return launch!(self.gpu, format!("gemv_{dt}_n{n}"), (gemv_blocks(rows, ks), 1), 128, 0;
                 w.ptr(), x, out, rows as i32, cols as i32, cap, ks);
         }
-        self.gpu.gemm(dt == "bf16", x, w.ptr(), out, n, rows, cols)?;
+        self.gemm(x, w, out, (n, rows, cols))?;
         if cap > 0.0 {
             let len = (n * rows) as i32;
             launch!(self.gpu, "softcap_f32", ((len as u32).div_ceil(256), 1), 256, 0; out, len, cap)?;

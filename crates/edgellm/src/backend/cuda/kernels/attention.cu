@@ -3,22 +3,28 @@
 // cache, first = max(0, pos + 1 - window) on sliding layers. This step's keys and values are
 // already in the cache (rope_kv runs first).
 //
-// q: fp32 [n_tokens, n_heads * head_dim]; cache [n_blocks, n_kv_heads, block_size, head_dim].
+// q: fp32 [n_tokens, n_heads * head_dim]; cache fp16 [n_blocks, n_kv_heads, block_size, head_dim];
+// out: activations (`store_act`) [n_tokens, n_heads * head_dim].
 // Launch: grid (n_tokens * n_heads, n_splits), 256 threads (head_dim <= 256, a multiple of 8),
 // dynamic shared memory (head_dim + 256 + 256 * 8) * 4 bytes. Split-K ("flash decoding"): split z of n_splits
 // takes an equal share of the positions, keeps an online softmax over chunks of 256 positions
 // (one score per thread: a thread reads one key row with 16-byte loads; then each thread sums
 // 8 dims of every 32nd (head_dim 64) value row, 16-byte loads again), and either writes the
-// normalised output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`,
-// which attention_combine reduces. Tried first: one dim per thread for the value sum, a chain
-// of dependent 2-byte loads per thread (llama-3.2-1b decode 568 tok/s, 512-token TTFT 13.8 ms).
+// normalised output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`; the
+// last split of a (token, head) to finish (counted in `done`, which it resets to 0 for the next
+// step) reduces them in split order, so the result does not depend on which split ends last.
+// Tried first: a separate combine kernel (one more launch per layer); one block per KV head
+// serving its G query heads, rows read once for all of them (slower: decode attention 10 -> 37 us
+// and prefill 423 -> 550 us per Llama-3.2-1B layer under ncu, NOTES.md v5); one dim per thread
+// for the value sum, a chain of dependent 2-byte loads (llama-3.2-1b decode 568 tok/s).
 
 template <class W>
 __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_cache, const int* positions,
                                const int* token_seq, const int* tables, int max_blocks, u16* out, float* part,
-                               int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
+                               int* done, int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
                                float cap) {
     extern __shared__ float sh[];
+    pdl_start();
     float* qs = sh;                   // [head_dim]
     float* p = sh + head_dim;         // [blockDim.x] scores, then weights
     float* red = p + blockDim.x;      // [blockDim.x * 8] accumulator reduction
@@ -51,7 +57,7 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
 #pragma unroll 8
             for (int v = 0; v < vecs; v++) {
                 float kf[8];
-                unpack8<W>(k[v], kf);
+                unpack8<F16>(k[v], kf);
 #pragma unroll
                 for (int e = 0; e < 8; e++) dot += kf[e] * qs[v * 8 + e];
             }
@@ -73,7 +79,7 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
                 int blk = table[jj / block_size];
                 uint4 raw = *((const uint4*)(v_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + jj % block_size) * head_dim) + dv);
                 float vf[8];
-                unpack8<W>(raw, vf);
+                unpack8<F16>(raw, vf);
                 float pi = p[i];
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[e] += pi * vf[e];
@@ -91,7 +97,8 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
         float a = 0.f;
         for (int gg = 0; gg < groups; gg++) a += red[gg * head_dim + threadIdx.x];
         if (n_splits == 1) {
-            out[((size_t)t * n_heads + h) * head_dim + threadIdx.x] = W::from_f(l > 0.f ? a / l : 0.f);
+            store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)gridDim.x * head_dim,
+                         l > 0.f ? a / l : 0.f);
         } else {
             float* pp = part + (((size_t)t * n_heads + h) * n_splits + split) * (head_dim + 2);
             pp[2 + threadIdx.x] = a;
@@ -101,37 +108,41 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
             }
         }
     }
-}
-
-// out[t, h] = sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z over the splits of (t, h).
-// Launch: one block per (token, head), head_dim threads.
-template <class W>
-__device__ void attention_combine_impl(const float* part, u16* out, int n_splits, int head_dim) {
+    if (n_splits == 1) return;
+    __shared__ bool last;
+    __threadfence();  // this split's partials are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(&done[blockIdx.x], 1) == n_splits - 1;
+        if (last) done[blockIdx.x] = 0;
+    }
+    __syncthreads();
+    if (!last || threadIdx.x >= head_dim) return;
+    __threadfence();
+    // sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z; L2 reads (__ldcg): other SMs wrote them
     const float* pp = part + (size_t)blockIdx.x * n_splits * (head_dim + 2);
     float mx = NEG_INF;
-    for (int z = 0; z < n_splits; z++) mx = fmaxf(mx, pp[z * (head_dim + 2)]);
+    for (int z = 0; z < n_splits; z++) mx = fmaxf(mx, __ldcg(pp + z * (head_dim + 2)));
     float num = 0.f, den = 0.f;
     for (int z = 0; z < n_splits; z++) {
         const float* pz = pp + z * (head_dim + 2);
-        if (pz[1] == 0.f) continue;  // an empty split
-        float e = expf(pz[0] - mx);
-        num += e * pz[2 + threadIdx.x];
-        den += e * pz[1];
+        float lz = __ldcg(pz + 1);
+        if (lz == 0.f) continue;  // an empty split
+        float e = expf(__ldcg(pz) - mx);
+        num += e * __ldcg(pz + 2 + threadIdx.x);
+        den += e * lz;
     }
-    out[(size_t)blockIdx.x * head_dim + threadIdx.x] = W::from_f(num / den);
+    store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)(gridDim.x) * head_dim, num / den);
 }
 
 #define ATTN_KERNELS(NAME, W)                                                                                  \
     extern "C" __global__ void attention_##NAME(const float* q, const u16* k_cache, const u16* v_cache,         \
                                                 const int* positions, const int* token_seq, const int* tables,  \
-                                                int max_blocks, u16* out, float* part, int n_heads,             \
+                                                int max_blocks, u16* out, float* part, int* done, int n_heads,  \
                                                 int n_kv_heads, int head_dim, int block_size, float scale,      \
                                                 int window, float cap) {                                        \
-        attention_impl<W>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, n_heads,    \
-                          n_kv_heads, head_dim, block_size, scale, window, cap);                                \
-    }                                                                                                           \
-    extern "C" __global__ void attention_combine_##NAME(const float* part, u16* out, int n_splits, int head_dim) { \
-        attention_combine_impl<W>(part, out, n_splits, head_dim);                                               \
+        attention_impl<W>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done,       \
+                          n_heads, n_kv_heads, head_dim, block_size, scale, window, cap);                       \
     }
 
 ATTN_KERNELS(f16, F16)

@@ -10,7 +10,11 @@ typedef unsigned short u16;
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// SPLIT: activations between kernels are stored as two arrays of the type, hi = round(v) and
+// lo = round(v - hi), read back as hi + lo (16 significant bits). bf16's 8-bit significand alone
+// put the tiny fixtures' logits up to 3e-2 from HF's; fp16 (11 bits) needs no second half.
 struct F16 {
+    static const bool SPLIT = false;
     static __device__ __forceinline__ float to_f(u16 h) {
         float f;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -24,6 +28,7 @@ struct F16 {
 };
 
 struct BF16 {
+    static const bool SPLIT = true;
     static __device__ __forceinline__ float to_f(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
     static __device__ __forceinline__ u16 from_f(float f) {
         u16 h;
@@ -31,6 +36,15 @@ struct BF16 {
         return h;
     }
 };
+
+// Stores activation v at out[i] (and its low half at out[i + lo_off] when W::SPLIT). A buffer
+// of n rows of `dim` keeps the n rows of low halves right after the high ones: lo_off = n * dim.
+template <class W>
+__device__ __forceinline__ void store_act(u16* out, size_t i, size_t lo_off, float v) {
+    u16 hi = W::from_f(v);
+    out[i] = hi;
+    if (W::SPLIT) out[i + lo_off] = W::from_f(v - W::to_f(hi));
+}
 
 // The 8 values of a 16-byte vector of 16-bit elements, in memory order.
 template <class W>
@@ -88,3 +102,24 @@ __device__ __forceinline__ float activation(float g, int act) {
 }
 
 __device__ __forceinline__ float softcap(float v, float cap) { return cap > 0.f ? cap * tanhf(v / cap) : v; }
+
+// Programmatic dependent launch (sm_90+; no-ops elsewhere and when a kernel was launched without
+// the attribute). A kernel launched with it may start while the previous kernel of the stream
+// still runs: it does only work that reads nothing an earlier kernel writes (GEMV weight loads),
+// then `pdl_wait` (the previous grid has completed and its writes are visible; by induction every
+// earlier one too), then `pdl_trigger` lets the next kernel start its own prologue. Every kernel
+// calls `pdl_wait` before its first read or write of activations, caches or outputs.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}

@@ -1,9 +1,10 @@
 // Decode GEMV: out[t, r] = sum_k x[t, k] * w[r, k] for NT <= 8 tokens, weights read once for
-// all of them. w is [rows, in] row-major in the storage type, x is [NT, in] in the storage type,
+// all of them. w is [rows, in] row-major in the storage type, x is [NT, in] activations (`store_act`),
 // out is fp32. Epilogues: `softcap` (> 0: cap * tanh(v / cap), the LM head of Gemma); GATED:
 // w holds [gate; up] (2 * rows rows) and out[t, r] = act(gate[r]) * up[r], written in the
-// storage type (the fused gate/up projection feeding the down projection).
+// storage type as activations (the fused gate/up projection feeding the down projection).
 //
+// The first loads of weights are issued before waiting for the previous kernel (pdl_start).
 // Launch: 128 threads, `ksplit` (1, 2 or 4) warps per output row, each summing a contiguous
 // 1/ksplit of the row, grid = ceil(rows * ksplit / 4). Each lane reads 16 bytes (8 elements) per
 // step, 4 or 8 steps unrolled so that as many independent loads are in flight; `in` must be a
@@ -29,8 +30,8 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
     // loads in flight per lane: more where fewer accumulators hold registers
     const int U = NT <= 2 && !GATED ? 8 : 4;
     const int STEP = 32 * U;
-    for (int base = k0; base < n_vec; base += STEP) {
-        uint4 wv[U], uv[U];
+    uint4 wv[U], uv[U];
+    auto load = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int k = base + u * 32 + lane;
@@ -39,6 +40,12 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
                 if (GATED) uv[u] = __ldg(wu + k);
             }
         }
+    };
+    // the first weights do not depend on the previous kernel: their loads overlap its tail
+    load(k0);
+    pdl_start();
+    for (int base = k0; base < n_vec; base += STEP) {
+        if (base != k0) load(base);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int k = base + u * 32 + lane;
@@ -50,6 +57,12 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
             for (int t = 0; t < NT; t++) {
                 float xf[8];
                 unpack8<W>(__ldg((const uint4*)(x + (size_t)t * in) + k), xf);
+                if (W::SPLIT) {
+                    float xl[8];
+                    unpack8<W>(__ldg((const uint4*)(x + (size_t)(NT + t) * in) + k), xl);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) xf[j] += xl[j];
+                }
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
                     acc[t] += wf[j] * xf[j];
@@ -88,7 +101,7 @@ __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, 
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (GATED) {
-            ((u16*)out)[(size_t)t * rows + r] = W::from_f(activation(acc[t], act) * acc_u[t]);
+store_act<W>((u16*)out, (size_t)t * rows + r, (size_t)NT * rows, activation(acc[t], act) * acc_u[t]);
         } else {
             ((float*)out)[(size_t)t * rows + r] = softcap(acc[t], cap);
         }

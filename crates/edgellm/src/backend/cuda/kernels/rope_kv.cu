@@ -3,7 +3,8 @@
 // (fp32 [n_tokens, n_heads * head_dim]) and k, v go to the cache slots of the token's position.
 //
 // qkv: fp32 [n_tokens, (n_heads + 2 * n_kv_heads) * head_dim], from the QKV projection.
-// Cache: [n_blocks, n_kv_heads, block_size, head_dim] per layer, storage type. Block tables are
+// Cache: [n_blocks, n_kv_heads, block_size, head_dim] per layer, fp16 under fp16 and bf16
+// weights alike (bf16's 8-bit significand cost the fixtures' logits more than fp16's range). Block tables are
 // padded: sequence s's table is tables[s * max_blocks ..]. Angles are `float(pos) * inv_freq[i]`
 // with full-precision sincosf, as the CPU reference computes them.
 // Launch: grid (n_tokens, n_heads + 2 * n_kv_heads), head_dim threads (a multiple of 32, at most
@@ -16,6 +17,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
                              int max_blocks, u16* k_cache, u16* v_cache, float* q_out, int n_heads, int n_kv_heads,
                              int head_dim, int block_size, float eps) {
     __shared__ float head[256];
+    pdl_start();
     int t = blockIdx.x, h = blockIdx.y;  // h: q heads, then k heads, then v heads
     int width = (n_heads + 2 * n_kv_heads) * head_dim;
     const float* src = qkv + (size_t)t * width + h * head_dim;
@@ -33,7 +35,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
     int kvh = is_k ? h - n_heads : h - n_heads - n_kv_heads;
     size_t cache_row = (((size_t)block * n_kv_heads + kvh) * block_size + slot) * head_dim;
     if (!is_q && !is_k) {
-        v_cache[cache_row + d] = W::from_f(x);
+        v_cache[cache_row + d] = F16::from_f(x);
         return;
     }
     head[d] = x;
@@ -46,7 +48,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
     if (is_q) {
         q_out[((size_t)t * n_heads + h) * head_dim + d] = y;
     } else {
-        k_cache[cache_row + d] = W::from_f(y);
+        k_cache[cache_row + d] = F16::from_f(y);
     }
 }
 
