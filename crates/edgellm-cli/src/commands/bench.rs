@@ -6,6 +6,7 @@
 //! `crate::bench`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
@@ -243,6 +244,11 @@ fn load(subject: &Subject, dtype: &str, device: &str, threads: usize, args: &Ben
     }
 }
 
+/// Sequences prompted so far in this process: every prompt starts differently from all earlier
+/// ones, so no run is served from the prefix cache that earlier runs (warm-ups, repetitions,
+/// other configurations) filled — TTFT always measures a cold prompt.
+static PROMPTS_ISSUED: AtomicU64 = AtomicU64::new(0);
+
 /// The prompt of each sequence and the seconds spent tokenizing them (`None` for token ids).
 fn prompts(
     engine: &Engine,
@@ -252,16 +258,18 @@ fn prompts(
     seed: u64,
 ) -> Result<(Vec<Vec<u32>>, Option<f64>)> {
     let n_vocab = engine.model().config.vocab_size;
+    let first = PROMPTS_ISSUED.fetch_add(b as u64, Ordering::Relaxed);
     match subject {
-        Subject::Synthetic { .. } => {
-            Ok(((0..b).map(|i| measure::random_ids(p, n_vocab, seed + i as u64)).collect(), None))
-        }
+        Subject::Synthetic { .. } => Ok((
+            (0..b as u64).map(|i| measure::random_ids(p, n_vocab, seed.wrapping_add(first + i))).collect(),
+            None,
+        )),
         Subject::File { .. } => {
             let start = Instant::now();
             let mut out = Vec::with_capacity(b);
-            for i in 0..b {
+            for i in 0..b as u64 {
                 // a different text per sequence, long enough for `p` tokens
-                let text = format!("{i}. {}", PROSE.repeat(p / 30 + 2));
+                let text = format!("{}. {}", first + i, PROSE.repeat(p / 30 + 2));
                 let mut ids = engine.tokenizer().encode(&text, true)?;
                 ids.truncate(p);
                 if ids.len() < p {

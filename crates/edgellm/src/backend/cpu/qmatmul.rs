@@ -194,21 +194,23 @@ impl Tile for QuantTiles<'_> {
         let a: [ActRow; MR] = std::array::from_fn(|i| self.acts.row(i0 + i));
         let vals: [[f32; NR]; MR] = match (&self.w.data, self.level) {
             #[cfg(target_arch = "x86_64")]
-            (MatrixData::Int8 { q, scales }, QLevel::Avx512Vnni) => {
+            (MatrixData::Int8 { q, scales }, QLevel::Avx512Vnni) if MR > 1 => {
                 let w = std::array::from_fn(|r| &q[(j0 + r) * k..(j0 + r + 1) * k]);
                 // SAFETY: `matmul_quant_at` checked the level; rows are k long, k a multiple of QK.
                 let v: [[f32; NR]; MR] = unsafe { x86::tile_i8_vnni(a, w) };
                 std::array::from_fn(|i| std::array::from_fn(|r| v[i][r] * scales[j0 + r]))
             }
             #[cfg(target_arch = "x86_64")]
-            (MatrixData::Int4 { q, scales, group }, QLevel::Avx512Vnni) => {
+            (MatrixData::Int4 { q, scales, group }, QLevel::Avx512Vnni) if MR > 1 => {
                 let ng = k / group;
                 let w = std::array::from_fn(|r| &q[(j0 + r) * k / 2..(j0 + r + 1) * k / 2]);
                 let ws = std::array::from_fn(|r| &scales[(j0 + r) * ng..(j0 + r + 1) * ng]);
                 // SAFETY: as above; `int4::fits` made the group a multiple of 64 dividing k.
                 unsafe { x86::tile_i4_vnni(a, w, ws, *group) }
             }
-            // the other levels take one dot product per output
+            // the other levels, and single activation rows (decode at batch 1: the per-row
+            // VNNI dot beats a 1 × 4 tile on the bias correction it skips), take one dot
+            // product per output
             (MatrixData::Int8 { q, scales }, level) => std::array::from_fn(|i| {
                 std::array::from_fn(|r| {
                     scales[j0 + r] * dot_i8(level, a[i], &q[(j0 + r) * k..(j0 + r + 1) * k])
