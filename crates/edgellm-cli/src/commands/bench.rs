@@ -155,8 +155,16 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> Result<()> {
     for device in &args.device {
         for dtype in &args.dtype {
             let mut engine = load(&subject, dtype, device, threads, args)?;
+            // on a GPU, bandwidth use is measured against the GPU's own copy rate
+            let mut machine = machine.clone();
             if let Some((gpu, mem)) = engine.device() {
-                eprintln!("device {device}: {gpu}, {:.1} GiB", mem as f64 / (1u64 << 30) as f64);
+                let gbs = engine.device_copy_bandwidth(args.copy_mib << 20).transpose()?.unwrap_or_default();
+                eprintln!(
+                    "device {device}: {gpu}, {:.1} GiB; copy bandwidth {gbs:.1} GB/s (read + write, {} MiB)",
+                    mem as f64 / (1u64 << 30) as f64,
+                    args.copy_mib
+                );
+                (machine.device_name, machine.copy_gbs) = (gpu, gbs);
             }
             let load_s = engine.load_time().as_secs_f64();
             eprintln!(
@@ -168,6 +176,9 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> Result<()> {
                 for &n in &args.gen_tokens {
                     for &b in &args.batch {
                         let mut r = bench_one(&mut engine, &subject, (p, n, b), args, &machine)?;
+                        if let Some(in_use) = engine.device_memory_in_use().transpose()? {
+                            r.device_mem_mb = Some(in_use as f64 / 1e6);
+                        }
                         r.dtype = dtype.clone();
                         r.device = device.clone();
                         r.load_s = load_s;

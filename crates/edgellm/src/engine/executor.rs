@@ -62,6 +62,23 @@ impl Executor {
         }
     }
 
+    /// The device's copy bandwidth (GB/s, read + write) over `bytes`-sized buffers; `None` on
+    /// the CPU.
+    pub(crate) fn device_copy_bandwidth(&self, bytes: usize) -> Option<Result<f64>> {
+        match self {
+            Executor::Cpu { .. } => None,
+            Executor::Cuda { model, .. } => Some(model.copy_bandwidth(bytes)),
+        }
+    }
+
+    /// Device memory in use (all processes), in bytes; `None` on the CPU.
+    pub(crate) fn device_memory_in_use(&self) -> Option<Result<usize>> {
+        match self {
+            Executor::Cpu { .. } => None,
+            Executor::Cuda { model, .. } => Some(model.memory_in_use()),
+        }
+    }
+
     /// Runs `batch` and samples a token for each logit row `r`, whose sequence is
     /// `seqs[owner[r]]`; `push(seq, token)` records it.
     pub(crate) fn forward_sample(

@@ -122,6 +122,17 @@ impl Engine {
         self.exec.device()
     }
 
+    /// For benchmarks, on a GPU: the device's copy bandwidth in GB/s (read + write, between two
+    /// `bytes`-sized buffers allocated for the measurement); `None` on the CPU.
+    pub fn device_copy_bandwidth(&self, bytes: usize) -> Option<Result<f64>> {
+        self.exec.device_copy_bandwidth(bytes)
+    }
+
+    /// On a GPU, its memory in use by all processes, in bytes; `None` on the CPU.
+    pub fn device_memory_in_use(&self) -> Option<Result<usize>> {
+        self.exec.device_memory_in_use()
+    }
+
     /// KV blocks not in use.
     pub fn free_kv_blocks(&self) -> usize {
         self.alloc.n_free()

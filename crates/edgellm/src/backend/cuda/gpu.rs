@@ -216,6 +216,32 @@ impl Gpu {
         self.stream.synchronize().map_err(driver_err("cuStreamSynchronize"))
     }
 
+    /// Device-to-device copy bandwidth in GB/s, counted as read + write like STREAM Copy: the
+    /// best of `reps` timed copies of `bytes` between two buffers allocated (and freed) here —
+    /// for benchmarks, never inside a step.
+    pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let (src, dst) = (DevBuf::new(bytes)?, DevBuf::new(bytes)?);
+        let mut best = f64::INFINITY;
+        // one untimed copy first: it pays for the pages' first touch
+        for rep in 0..=reps {
+            self.sync()?;
+            let start = std::time::Instant::now();
+            // SAFETY: both buffers hold `bytes` bytes and outlive the synchronised copy.
+            unsafe { result::memcpy_dtod_async(dst.ptr(), src.ptr(), bytes, self.stream.cu_stream()) }
+                .map_err(driver_err("cuMemcpyDtoD"))?;
+            self.sync()?;
+            if rep > 0 {
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(2.0 * bytes as f64 / best / 1e9)
+    }
+
+    /// Device memory in use by every process (total less free), in bytes.
+    pub fn memory_in_use(&self) -> Result<usize> {
+        Ok(self.total_mem.saturating_sub(free_memory()?))
+    }
+
     /// A buffer holding `data`.
     pub fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
         let buf = DevBuf::new(std::mem::size_of_val(data))?;

@@ -274,6 +274,16 @@ impl CudaModel {
         self.gpu.total_mem
     }
 
+    /// The device's own copy bandwidth (GB/s, read + write) over `bytes`-sized buffers.
+    pub fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        self.gpu.copy_bandwidth(bytes, 3)
+    }
+
+    /// Device memory in use (all processes), in bytes.
+    pub fn memory_in_use(&self) -> Result<usize> {
+        self.gpu.memory_in_use()
+    }
+
     /// Runs one step: writes the batch's keys and values into the device KV pool, samples the
     /// argmax of each logit row on the device and returns those ids. With `logits`, the rows'
     /// logits (`[rows, vocab]`) are copied there too.
