@@ -13,7 +13,6 @@ use edgellm::engine::{Engine, EngineConfig, Prompt, Sequence};
 use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
 use edgellm::SamplingParams;
-use serde_json::Value;
 
 fn have_gpu() -> bool {
     if cuda::device_count() > 0 {
@@ -33,10 +32,6 @@ fn gpu_cfg(format: WeightFormat, graphs: bool) -> EngineConfig {
         max_batch_tokens: 512,
         ..Default::default()
     }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn greedy(n: usize) -> SamplingParams {
@@ -60,24 +55,15 @@ fn generate(engine: &mut Engine, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>
 fn check_fixture(name: &str, format: WeightFormat, greedy: bool) -> f32 {
     let dir = common::fixture(name);
     let mut engine = Engine::load(&dir, gpu_cfg(format, true)).unwrap();
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let n_vocab = engine.model().config.vocab_size;
     let mut worst = 0f32;
-    for case in golden["cases"].as_array().unwrap() {
-        let prompt = ids(&case["prompt_ids"]);
-        let want_ids = ids(&case["greedy_ids"]);
-        let want: Vec<f32> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
-            .collect();
-        let all: Vec<u32> = prompt.iter().chain(&want_ids).copied().collect();
+    for case in common::fixture_cases(name) {
+        let (prompt, want_ids, want) = (&case.prompt, &case.greedy, &case.logits);
+        let all: Vec<u32> = prompt.iter().chain(want_ids).copied().collect();
         let got = engine.logits_all(&all).unwrap();
         let rows = want.len() / n_vocab;
         let (diff, at) = common::max_abs_diff(&got[..rows * n_vocab], &want);
-        eprintln!("{name} {format:?} {}: max |Δlogit| {diff:.2e} at position {}", case["name"], at / n_vocab);
+        eprintln!("{name} {format:?} {}: max |Δlogit| {diff:.2e} at position {}", case.name, at / n_vocab);
         worst = worst.max(diff);
         // greedy ids, teacher-forced: the golden continuation is the argmax at each step (the
         // fixtures' vocabularies are smaller than their logit rows, so text streaming is skipped)
@@ -85,7 +71,7 @@ fn check_fixture(name: &str, format: WeightFormat, greedy: bool) -> f32 {
             .map(|p| edgellm::sampling::logits::argmax(&got[p * n_vocab..(p + 1) * n_vocab]))
             .collect();
         if greedy {
-            assert_eq!(argmax, want_ids, "{name} {} greedy ids", case["name"]);
+            assert_eq!(&argmax, want_ids, "{name} {} greedy ids", case.name);
         }
     }
     worst

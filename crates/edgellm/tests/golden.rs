@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ids;
+
 use std::ops::ControlFlow;
 
 use edgellm::engine::{Engine, EngineConfig, Prompt};
@@ -17,10 +19,6 @@ fn load(name: &str) -> Option<(Engine, Value)> {
     let golden_path = common::golden_dir(name).join("golden.json");
     let golden = serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
     Some((engine, golden))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// Greedy generation from the prompt ids gives exactly the reference ids.

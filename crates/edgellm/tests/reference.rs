@@ -7,7 +7,6 @@ use edgellm::kv::{BlockAllocator, BlockTable, KvCache, KvShape};
 use edgellm::model::{ForwardBatch, LoadOptions, Model, Scratch};
 use edgellm::source::safetensors::SafetensorsSource;
 use edgellm::ModelConfig;
-use serde_json::Value;
 
 /// Runs one sequence through `model`, chunk by chunk, returning the logits of every token.
 struct OneSeq {
@@ -62,28 +61,15 @@ fn argmax(row: &[f32]) -> u32 {
         .0 as u32
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
 fn check_fixture(name: &str) {
     let dir = common::fixture(name);
     let cfg = ModelConfig::from_hf_dir(&dir).unwrap();
     let src = SafetensorsSource::open(&dir).unwrap();
     let model = Model::load(&src, cfg.clone(), LoadOptions::default()).unwrap();
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    for case in golden["cases"].as_array().unwrap() {
-        let prompt = ids(&case["prompt_ids"]);
-        let greedy = ids(&case["greedy_ids"]);
-        let want: Vec<f32> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
-            .collect();
+    for case in common::fixture_cases(name) {
+        let (prompt, greedy, want) = (&case.prompt, &case.greedy, &case.logits);
         // teacher-forced: prompt + greedy tokens, chunks of 7 to cross block and chunk borders
-        let all: Vec<u32> = prompt.iter().chain(&greedy).copied().collect();
+        let all: Vec<u32> = prompt.iter().chain(greedy).copied().collect();
         let mut run = OneSeq::new(&model, 64);
         let mut got = Vec::new();
         for chunk in all.chunks(7) {
@@ -100,13 +86,13 @@ fn check_fixture(name: &str) {
                     )
                 })
                 .collect();
-            eprintln!("{name} {} per-position: {}", case["name"], per.join(" "));
+            eprintln!("{name} {} per-position: {}", case.name, per.join(" "));
         }
         let (diff, at) = common::max_abs_diff(&got[..rows * cfg.vocab_size], &want);
         assert!(
             diff <= 1e-3,
             "{name} {}: max |Δlogit| {diff} at position {} id {}",
-            case["name"],
+            case.name,
             at / cfg.vocab_size,
             at % cfg.vocab_size
         );
@@ -119,8 +105,8 @@ fn check_fixture(name: &str) {
             next = argmax(&run.step(&model, &[next]));
             generated.push(next);
         }
-        assert_eq!(generated, greedy, "{name} {}", case["name"]);
-        eprintln!("{name} {}: max |Δlogit| {diff:.2e}, greedy ids equal", case["name"]);
+        assert_eq!(&generated, greedy, "{name} {}", case.name);
+        eprintln!("{name} {}: max |Δlogit| {diff:.2e}, greedy ids equal", case.name);
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::ids;
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -11,10 +13,6 @@ use edgellm::tokenizer::Tokenizer;
 use edgellm::ModelConfig;
 use proptest::prelude::*;
 use serde_json::Value;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
 
 /// The tokenizer of a pulled GGUF model, timing its construction.
 fn load_gguf(name: &str) -> Option<Tokenizer> {

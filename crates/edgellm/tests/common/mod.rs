@@ -46,6 +46,41 @@ pub fn read_json(path: PathBuf) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// One case of a tiny fixture's `golden.json`: HF's greedy continuation of the prompt and its
+/// logits at every position, rows flattened.
+pub struct FixtureCase {
+    pub name: String,
+    pub prompt: Vec<u32>,
+    pub greedy: Vec<u32>,
+    pub logits: Vec<f32>,
+}
+
+/// The cases of a tiny fixture's `golden.json`.
+pub fn fixture_cases(name: &str) -> Vec<FixtureCase> {
+    let golden = read_json(fixture(name).join("golden.json"));
+    golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| FixtureCase {
+            name: case["name"].as_str().unwrap_or_default().to_string(),
+            prompt: ids(&case["prompt_ids"]),
+            greedy: ids(&case["greedy_ids"]),
+            logits: case["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+                .collect(),
+        })
+        .collect()
+}
+
 /// Largest |a - b| and its index.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     assert_eq!(a.len(), b.len());
