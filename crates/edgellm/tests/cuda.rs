@@ -62,7 +62,7 @@ fn check_fixture(name: &str, format: WeightFormat, greedy: bool) -> f32 {
         let all: Vec<u32> = prompt.iter().chain(want_ids).copied().collect();
         let got = engine.logits_all(&all).unwrap();
         let rows = want.len() / n_vocab;
-        let (diff, at) = common::max_abs_diff(&got[..rows * n_vocab], &want);
+        let (diff, at) = common::max_abs_diff(&got[..rows * n_vocab], want);
         eprintln!("{name} {format:?} {}: max |Δlogit| {diff:.2e} at position {}", case.name, at / n_vocab);
         worst = worst.max(diff);
         // greedy ids, teacher-forced: the golden continuation is the argmax at each step (the

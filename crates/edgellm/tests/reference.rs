@@ -88,7 +88,7 @@ fn check_fixture(name: &str) {
                 .collect();
             eprintln!("{name} {} per-position: {}", case.name, per.join(" "));
         }
-        let (diff, at) = common::max_abs_diff(&got[..rows * cfg.vocab_size], &want);
+        let (diff, at) = common::max_abs_diff(&got[..rows * cfg.vocab_size], want);
         assert!(
             diff <= 1e-3,
             "{name} {}: max |Δlogit| {diff} at position {} id {}",
