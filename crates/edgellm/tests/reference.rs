@@ -98,7 +98,7 @@ fn check_fixture(name: &str) {
         );
         // greedy generation: prefill, then one token at a time
         let mut run = OneSeq::new(&model, 64);
-        let logits = run.step(&model, &prompt);
+        let logits = run.step(&model, prompt);
         let mut next = argmax(&logits[(prompt.len() - 1) * cfg.vocab_size..]);
         let mut generated = vec![next];
         while generated.len() < greedy.len() {
