@@ -102,19 +102,14 @@ pub struct CudaModel {
     host_ids: Vec<u32>,
 }
 
-/// Warps per GEMV row: enough that each warp's share of a row keeps all its loads in flight at
-/// once. It depends on the row length only, so a token's sums are the same at every batch size.
-fn ksplit(cols: usize) -> i32 {
-    if cols >= 4096 {
-        4
-    } else {
-        2
-    }
-}
-
-/// GEMV blocks of 4 warps for `rows` rows at `ksplit` warps per row.
-fn gemv_blocks(rows: usize, ksplit: i32) -> u32 {
-    (rows as u32 * ksplit as u32).div_ceil(4)
+/// Decode GEMV launch shape (kernels/gemv.cu): a block per 8 rows, its warps splitting the
+/// columns so that each takes one round of U 32-column groups (U = 8 loads in flight per lane,
+/// 4 + 4 for gate/up) where 16 warps allow it. It depends on the shape only, so a token's sums
+/// are the same at every batch size.
+fn gemv_layout(rows: usize, cols: usize, gated: bool) -> ((u32, u32), u32) {
+    let u = if gated { 4 } else { 8 };
+    let warps = cols.div_ceil(32).div_ceil(u).clamp(1, 16);
+    ((rows.div_ceil(8) as u32, 1), 32 * warps as u32)
 }
 
 /// What a decode GEMV does with its sums (kernels/gemv.cu `EPI_*`).
@@ -474,14 +469,13 @@ impl CudaModel {
         out: u64,
         (rows, cols): (usize, usize),
     ) -> Result<()> {
-        let (dt, ks) = (self.dt, ksplit(cols));
-        let grid = (gemv_blocks(rows, ks), 1);
-        match epi {
-            Epilogue::Plain { cap } => launch!(self.gpu, format!("gemv_{dt}_n{n}"), grid, 128, 0;
-                w.ptr(), x, out, rows as i32, cols as i32, cap, ks),
-            Epilogue::Gated => launch!(self.gpu, format!("gemv_gated_{dt}_n{n}"), grid, 128, 0;
-                w.ptr(), x, out, rows as i32, cols as i32, self.act_code(), ks),
-        }
+        let (kind, cap, gated) = match epi {
+            Epilogue::Plain { cap } => ("", cap, false),
+            Epilogue::Gated => ("_gated", 0.0, true),
+        };
+        let (grid, threads) = gemv_layout(rows, cols, gated);
+        launch!(self.gpu, format!("gemv{kind}_{}_n{n}", self.dt), grid, threads, 0;
+            w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code())
     }
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
