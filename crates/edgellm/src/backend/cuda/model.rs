@@ -98,6 +98,8 @@ pub struct CudaModel {
     use_graphs: bool,
     // the tensor-core prefill attention (`EDGELLM_CUDA_FLASH=0` turns it off, to measure it)
     flash_prefill: bool,
+    // the decode GEMV family, fixed at load for every batch size (see `GemvKernel`)
+    gemv_kernel: GemvKernel,
     staging: Vec<u32>, // host image of `Arena::inputs`
     host_ids: Vec<u32>,
 }
@@ -110,6 +112,46 @@ fn gemv_layout(rows: usize, cols: usize, gated: bool) -> ((u32, u32), u32) {
     let u = if gated { 4 } else { 8 };
     let warps = cols.div_ceil(32).div_ceil(u).clamp(1, 16);
     ((rows.div_ceil(8) as u32, 1), 32 * warps as u32)
+}
+
+/// The decode GEMV family of an engine. Tensor cores (kernels/gemv.cu) are 40% faster at 8
+/// tokens, CUDA cores with 2-4 warps per row (kernels/gemv_rows.cu) 6-13% faster at 1-2 tokens
+/// (NOTES.md v8c), so an engine for at most [`SMALL_BATCH_SEQS`] sequences takes the latter. One
+/// family serves every batch size of an engine: a token's sums never depend on its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GemvKernel {
+    TensorCores,
+    Rows,
+}
+
+/// Most sequences of an engine that decodes with [`GemvKernel::Rows`].
+const SMALL_BATCH_SEQS: usize = 2;
+
+impl GemvKernel {
+    /// The family for an engine of `max_seqs` sequences; `EDGELLM_CUDA_GEMV=tc|rows` overrides it
+    /// (to measure one against the other).
+    fn for_engine(max_seqs: usize) -> Result<GemvKernel> {
+        match std::env::var("EDGELLM_CUDA_GEMV").as_deref() {
+            Ok("tc") => Ok(GemvKernel::TensorCores),
+            Ok("rows") => Ok(GemvKernel::Rows),
+            Ok(other) => Err(Error::Invalid {
+                what: "EDGELLM_CUDA_GEMV",
+                why: format!("`{other}` is not `tc` or `rows`"),
+            }),
+            Err(_) if max_seqs <= SMALL_BATCH_SEQS => Ok(GemvKernel::Rows),
+            Err(_) => Ok(GemvKernel::TensorCores),
+        }
+    }
+}
+
+/// Warps per output row of [`GemvKernel::Rows`]: long rows split 4 ways keep enough loads in
+/// flight (NOTES.md v3).
+fn rows_ksplit(cols: usize) -> i32 {
+    if cols >= 4096 {
+        4
+    } else {
+        2
+    }
 }
 
 /// What a decode GEMV does with its sums (kernels/gemv.cu `EPI_*`).
@@ -266,6 +308,7 @@ impl CudaModel {
             graphs: (0..MAX_GEMV_TOKENS).map(|_| None).collect(),
             use_graphs: opts.graphs,
             flash_prefill: std::env::var("EDGELLM_CUDA_FLASH").map_or(true, |v| v != "0"),
+            gemv_kernel: GemvKernel::for_engine(limits.max_seqs)?,
             staging: vec![0; 3 * t + r + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
@@ -473,9 +516,19 @@ impl CudaModel {
             Epilogue::Plain { cap } => ("", cap, false),
             Epilogue::Gated => ("_gated", 0.0, true),
         };
-        let (grid, threads) = gemv_layout(rows, cols, gated);
-        launch!(self.gpu, format!("gemv{kind}_{}_n{n}", self.dt), grid, threads, 0;
-            w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code())
+        match self.gemv_kernel {
+            GemvKernel::TensorCores => {
+                let (grid, threads) = gemv_layout(rows, cols, gated);
+                launch!(self.gpu, format!("gemv{kind}_{}_n{n}", self.dt), grid, threads, 0;
+                    w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code())
+            }
+            GemvKernel::Rows => {
+                let ks = rows_ksplit(cols);
+                let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
+                launch!(self.gpu, format!("gemv_rows{kind}_{}_n{n}", self.dt), grid, 128, 0;
+                    w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code(), ks)
+            }
+        }
     }
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
