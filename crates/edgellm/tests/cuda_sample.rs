@@ -41,7 +41,7 @@ fn logits_row(kind: usize, vocab: usize, seed: u64) -> Vec<f32> {
     (0..vocab)
         .map(|i| match kind {
             0 => 3.0 * gauss(i),
-            1 => gauss(i) + if splitmix64(seed ^ 1, i as u64) % 5000 == 0 { 12.0 } else { 0.0 },
+            1 => gauss(i) + if splitmix64(seed ^ 1, i as u64).is_multiple_of(5000) { 12.0 } else { 0.0 },
             2 => (gauss(i) * 8.0).round() / 4.0, // steps of 0.25: many equal logits
             3 => 0.3 * gauss(i),                 // like a random-weight model's
             4 => match splitmix64(seed ^ 2, i as u64) % 7 {
@@ -143,6 +143,7 @@ fn too_many_tied_candidates_are_left_to_the_host() {
     let want = cpu_sampler(&p, 1, 0, vocab).sample(&mut logits[vocab..], TokenHistory::default()).id;
     assert_eq!(ids[1], want, "the other row is unaffected");
     // and the next step starts clean
+    dev.upload(&logits_row(0, vocab, 2)).unwrap();
     let ids = dev.run(&params[1..]).unwrap().to_vec();
     assert_eq!(ids[0], want);
 }
@@ -224,9 +225,13 @@ fn seeded_sampling_is_the_same_on_device_and_host_in_graphs_and_batches() {
     if !have_gpu() {
         return;
     }
+    // One-token prompts: every step then runs the GEMV kernels, whose sums do not depend on the
+    // batch (a longer prompt's prefill goes through cuBLAS, whose rounding depends on the token
+    // count), and no prompt fills a KV block the prefix cache could hand to a later run (its
+    // recomputed suffix would round differently). Sampling from a random model's flat
+    // distribution over 151,936 tokens turns any rounding difference into another token.
     let n = 48;
-    let prompts: Vec<Vec<u32>> =
-        (0..8u32).map(|i| (0..16 + i).map(|j| (j * 7919 + i * 131 + 5) % 151_936).collect()).collect();
+    let prompts: Vec<Vec<u32>> = (0..8u32).map(|i| vec![i * 7919 + 5]).collect();
     let params = requests(n);
     let mut graphs = engine(true);
     let batched = generate(&mut graphs, &prompts, &params);
