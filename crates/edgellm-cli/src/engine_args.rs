@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use edgellm::backend::cuda::CudaOptions;
 use edgellm::backend::Device;
-use edgellm::engine::{Engine, EngineConfig};
+use edgellm::engine::{Engine, EngineConfig, KvDtype};
 use edgellm::quant::WeightFormat;
 use edgellm::SamplingParams;
 
@@ -30,6 +30,10 @@ pub struct EngineArgs {
     /// cpu, cuda or cuda:N. Asking for CUDA where there is none is an error.
     #[arg(long, default_value = "auto")]
     pub device: Device,
+    /// KV-cache element type: auto (f32 on the CPU, f16 on CUDA), f32, f16, bf16 or fp8
+    /// (E4M3 with the package's calibrated per-tensor scales).
+    #[arg(long, default_value = "auto")]
+    pub kv_dtype: KvDtype,
     /// Run every CUDA decode step eagerly instead of replaying captured CUDA graphs.
     #[arg(long)]
     pub no_cuda_graphs: bool,
@@ -58,6 +62,7 @@ impl EngineArgs {
             max_seqs,
             weight_format: self.dtype,
             device: self.device,
+            kv_dtype: self.kv_dtype,
             cuda: cuda_options(!self.no_cuda_graphs),
             ..EngineConfig::default()
         }

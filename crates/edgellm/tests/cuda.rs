@@ -96,7 +96,9 @@ fn tiny_fixtures_match_hf_in_f16_and_bf16() {
 }
 
 /// 256 greedy CUDA tokens, each checked against the CPU engine's argmax given the same history
-/// (teacher-forced, so one early near-tie does not derail the rest): ≥ 95% must agree.
+/// (teacher-forced, so one early near-tie does not derail the rest): ≥ 95% must agree. Then the
+/// same 287 tokens as one prompt (the prefill path: cuBLAS GEMMs, tensor-core attention over 5
+/// tiles of 64 tokens): ≥ 95% of its rows' argmaxes must equal the CPU's.
 fn check_shape_against_cpu(preset: &str) {
     if !have_gpu() {
         return;
@@ -107,6 +109,8 @@ fn check_shape_against_cpu(preset: &str) {
         Engine::from_source(config.clone(), &source, None, gpu_cfg(WeightFormat::F16, true)).unwrap();
     let prompt: Vec<u32> = (0..32).map(|i| (i * 7919 + 13) % config.vocab_size as u32).collect();
     let tokens = generate(&mut gpu, std::slice::from_ref(&prompt), 256).remove(0);
+    let all: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
+    let prefill = gpu.logits_all(&all[..all.len() - 1]).unwrap();
     drop(gpu);
     let cpu_cfg = EngineConfig {
         weight_format: WeightFormat::F16,
@@ -115,7 +119,6 @@ fn check_shape_against_cpu(preset: &str) {
         ..Default::default()
     };
     let mut cpu = Engine::from_source(config.clone(), &source, None, cpu_cfg).unwrap();
-    let all: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
     let logits = cpu.logits_all(&all[..all.len() - 1]).unwrap();
     let v = config.vocab_size;
     let agree = tokens
@@ -128,6 +131,15 @@ fn check_shape_against_cpu(preset: &str) {
         .count();
     eprintln!("{preset}: {agree}/256 CUDA greedy tokens equal the CPU argmax");
     assert!(agree * 100 >= 95 * 256, "{preset}: only {agree}/256 agree");
+    let rows = all.len() - 1;
+    let argmax = |l: &[f32], i: usize| edgellm::sampling::logits::argmax(&l[i * v..][..v]);
+    let same = (0..rows).filter(|&i| argmax(&prefill, i) == argmax(&logits, i)).count();
+    let (diff, at) = common::max_abs_diff(&prefill, &logits);
+    eprintln!(
+        "{preset}: {same}/{rows} prefill rows' argmax equal the CPU's; max |Δlogit| {diff:.2e} at row {}",
+        at / v
+    );
+    assert!(same * 100 >= 95 * rows, "{preset}: only {same}/{rows} prefill rows agree");
 }
 
 #[test]

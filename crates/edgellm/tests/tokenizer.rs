@@ -215,8 +215,11 @@ fn stream_emits_whole_characters() {
     assert_eq!(deltas.concat(), text);
 }
 
+/// The stream's text equals `decode` of the ids that have a token: ids past the tokenizer's
+/// vocabulary (the padded rows of a wider LM head, which a model can generate) have no text.
 fn check_stream(tokenizer: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<(), TestCaseError> {
-    let whole = tokenizer.decode(ids, skip_special).unwrap();
+    let known: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < tokenizer.vocab_size()).collect();
+    let whole = tokenizer.decode(&known, skip_special).unwrap();
     prop_assert_eq!(stream(tokenizer, ids, skip_special), whole);
     Ok(())
 }
@@ -230,7 +233,8 @@ proptest! {
     #![proptest_config(config(256))]
 
     #[test]
-    fn stream_equals_decode_tiny(ids in prop::collection::vec(0u32..509, 0..48), skip in any::<bool>()) {
+    // The tiny models' LM heads have 512 rows for a 509-token vocabulary.
+    fn stream_equals_decode_tiny(ids in prop::collection::vec(0u32..512, 0..48), skip in any::<bool>()) {
         static T: OnceLock<Tokenizer> = OnceLock::new();
         check_stream(T.get_or_init(|| tiny("tiny-qwen2")), &ids, skip)?;
     }

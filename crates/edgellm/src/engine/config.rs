@@ -26,8 +26,42 @@ pub struct EngineConfig {
     pub weight_format: WeightFormat,
     /// Where the forward pass runs.
     pub device: Device,
+    /// Element type of the KV cache.
+    pub kv_dtype: KvDtype,
     /// Kernel compilation and graph options of the CUDA backend.
     pub cuda: CudaOptions,
+}
+
+/// Element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// The backend's own choice: f32 on the CPU, f16 on CUDA.
+    #[default]
+    Auto,
+    /// f32 elements.
+    F32,
+    /// f16 elements.
+    F16,
+    /// bf16 elements.
+    Bf16,
+    /// fp8 E4M3 with per-tensor scales (the package's calibrated `kv_scale`s).
+    Fp8,
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    /// `auto`, `f32`, `f16` (or `fp16`), `bf16` or `fp8`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "auto" => KvDtype::Auto,
+            "f32" => KvDtype::F32,
+            "f16" | "fp16" => KvDtype::F16,
+            "bf16" => KvDtype::Bf16,
+            "fp8" => KvDtype::Fp8,
+            _ => return Err(format!("unknown KV-cache dtype `{s}` (auto, f32, f16, bf16, fp8)")),
+        })
+    }
 }
 
 impl Default for EngineConfig {
@@ -41,6 +75,7 @@ impl Default for EngineConfig {
             kv_block_size: 16,
             weight_format: WeightFormat::F32,
             device: Device::Cpu,
+            kv_dtype: KvDtype::Auto,
             cuda: CudaOptions::new(),
         }
     }

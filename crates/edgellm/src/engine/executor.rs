@@ -11,7 +11,7 @@ use crate::quant::WeightFormat;
 use crate::sampling::{DeviceParams, TokenHistory};
 use crate::{Error, Result};
 
-use super::{EngineConfig, Sequence};
+use super::{EngineConfig, KvDtype, Sequence};
 
 /// The forward pass and the memory it runs on.
 pub(crate) enum Executor {
@@ -39,6 +39,18 @@ impl Executor {
                 && matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16))
             .then_some(0),
         };
+        // each backend runs one KV element type so far; say so rather than silently use another
+        let runs = if on_gpu.is_some() { KvDtype::F16 } else { KvDtype::F32 };
+        if !matches!(cfg.kv_dtype, KvDtype::Auto) && cfg.kv_dtype != runs {
+            return Err(Error::Invalid {
+                what: "kv dtype",
+                why: format!(
+                    "the {} backend keeps the KV cache in {runs:?}, not {:?}",
+                    if on_gpu.is_some() { "CUDA" } else { "CPU" },
+                    cfg.kv_dtype
+                ),
+            });
+        }
         let Some(ordinal) = on_gpu else {
             let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
             return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch: Box::new(scratch) });

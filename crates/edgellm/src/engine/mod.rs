@@ -18,7 +18,7 @@ mod sequence;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, KvDtype};
 pub use eval::Perplexity;
 pub use load::OpenedSource;
 pub use prefix::PrefixHit;

@@ -167,6 +167,7 @@ impl Loader<'_> {
             w_gate_up: self.fused(&[(Key::Gate, i, ffn), (Key::Up, i, ffn)], hidden)?,
             w_down: self.fused(&[(Key::Down, i, hidden)], ffn)?,
             post_ffn_norm: if sandwich { Some(self.norm(Key::PostFfnNorm, i, hidden)?) } else { None },
+            kv_scale: None,
         })
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct Layer {
     pub w_gate_up: Matrix,                // [2·intermediate, hidden]
     pub w_down: Matrix,                   // [hidden, intermediate]
     pub post_ffn_norm: Option<Vec<f32>>,  // [hidden]
+    /// Per-tensor fp8 KV-cache scales (K, V), calibrated at export: stored = value / scale.
+    /// None where the source carries no calibration.
+    pub kv_scale: Option<[f32; 2]>,
 }
 
 /// A loaded model: configuration and runtime-layout weights.

@@ -26,6 +26,7 @@
 //! | `layers.{i}.post_attn_norm`, `.post_ffn_norm` | F32 `[hidden]` | optional (Gemma 3) |
 //! | `layers.{i}.w_gate_up` (M) | `[2·intermediate, hidden]` | gate rows, then up rows |
 //! | `layers.{i}.w_down` (M) | `[hidden, intermediate]` | |
+//! | `layers.{i}.kv_scale` | F32 `[2]` | optional fp8 KV-cache scales (K, V): stored = value / scale |
 //!
 //! A matrix `M` of `[rows, cols]` is stored by format:
 //! - f32 / bf16 / f16: `M.weight`, `F32` / `BF16` / `F16` `[rows, cols]`.

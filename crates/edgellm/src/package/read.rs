@@ -117,6 +117,7 @@ impl Package {
                     w_gate_up: self.matrix(&name("w_gate_up"), 2 * ffn, hidden)?,
                     w_down: self.matrix(&name("w_down"), hidden, ffn)?,
                     post_ffn_norm: optional("post_ffn_norm", hidden)?,
+                    kv_scale: optional("kv_scale", 2)?.map(|s| [s[0], s[1]]),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

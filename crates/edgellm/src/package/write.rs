@@ -280,6 +280,9 @@ impl TensorWriter {
         if let Some(v) = &l.post_ffn_norm {
             self.vector(&name("post_ffn_norm"), v)?;
         }
+        if let Some(s) = &l.kv_scale {
+            self.vector(&name("kv_scale"), s)?;
+        }
         Ok(())
     }
 

@@ -32,6 +32,11 @@ impl DecodeStream {
 
     /// Adds one id; returns the text it completes, if any.
     pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        if id as usize >= tokenizer.vocab_size() {
+            // A row of the model's padded vocabulary that no token spells (the LM head is often
+            // wider than the tokenizer): it has no text, as HF tokenizers decode it.
+            return Ok(None);
+        }
         self.ids.push(id);
         if self.skip_special && tokenizer.is_special(id) {
             // Invisible to the decoder: it changes no text and does not end a byte run.

@@ -1,17 +1,20 @@
-//! One CUDA device opened for the engine: context, stream, the compiled kernel module, a cuBLAS
-//! handle, device buffers and raw kernel launches.
+//! One CUDA device opened for the engine: context, stream, the compiled kernel module, cuBLAS and
+//! cuBLASLt handles, device buffers and raw kernel launches.
 //!
 //! Launches go through the driver API with arguments by value (device pointers as `u64`), so a
 //! launch recorded into a CUDA graph replays exactly, and nothing is allocated per launch on the
 //! device. Every device allocation goes through [`DevBuf::new`], which counts them
 //! ([`allocations`]): a test proves decode steps allocate nothing.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 
 use super::compile;
@@ -105,6 +108,92 @@ pub struct Gpu {
     /// Launch kernels with programmatic dependent launch (sm_90+; `EDGELLM_CUDA_PDL=0` turns it
     /// off, to measure what it gains).
     pdl: bool,
+    /// cuBLASLt for the GEMMs (`EDGELLM_CUDA_LT=0`: cublasGemmEx, to measure what it gains).
+    lt: Option<Lt>,
+}
+
+/// cuBLASLt: a handle, its workspace (allocated once) and a plan per GEMM shape.
+struct Lt {
+    handle: lt_sys::cublasLtHandle_t,
+    workspace: DevBuf,
+    plans: RefCell<HashMap<(bool, usize, usize, usize), LtPlan>>,
+}
+
+/// Workspace of the cuBLASLt GEMMs (what cuBLAS itself reserves on Hopper).
+const LT_WORKSPACE: usize = 32 << 20;
+
+/// The descriptors of one GEMM shape and the algorithm the heuristic chose for it, made at the
+/// shape's first use and reused by every later call.
+struct LtPlan {
+    desc: lt_sys::cublasLtMatmulDesc_t,
+    layouts: [lt_sys::cublasLtMatrixLayout_t; 3], // w, a, c
+    algo: lt_sys::cublasLtMatmulAlgo_t,
+}
+
+impl LtPlan {
+    /// The plan of `c[n, m] (f32) = a[n, k] · w[m, k]ᵀ` with `a`, `w` of type `t` (the layouts
+    /// of [`Gpu::gemm`]'s cublasGemmEx call: column-major, w transposed).
+    fn new(
+        handle: lt_sys::cublasLtHandle_t,
+        t: lt_sys::cudaDataType,
+        (n, m, k): (usize, usize, usize),
+    ) -> Result<LtPlan, lt::CublasError> {
+        let f32t = lt_sys::cudaDataType::CUDA_R_32F;
+        let desc = lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32t)?;
+        let mut plan =
+            LtPlan { desc, layouts: [std::ptr::null_mut(); 3], algo: unsafe { std::mem::zeroed() } };
+        let trans = 1i32; // CUBLAS_OP_T
+                          // SAFETY: `desc` is live; the attribute is an i32 as cuBLASLt documents.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &trans as *const i32 as *const c_void,
+                4,
+            )?
+        };
+        plan.layouts = [
+            lt::create_matrix_layout(t, k as u64, m as u64, k as i64)?,
+            lt::create_matrix_layout(t, k as u64, n as u64, k as i64)?,
+            lt::create_matrix_layout(f32t, m as u64, n as u64, m as i64)?,
+        ];
+        let pref = lt::create_matmul_pref()?;
+        let [wl, al, cl] = plan.layouts;
+        // SAFETY: every descriptor is live; `pref` is destroyed below whatever happens.
+        let heuristic = unsafe {
+            let r = lt::set_matmul_pref_attribute(
+                pref,
+                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &LT_WORKSPACE as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            )
+            .and_then(|()| lt::get_matmul_algo_heuristic(handle, desc, wl, al, cl, cl, pref));
+            let _ = lt::destroy_matmul_pref(pref);
+            r?
+        };
+        plan.algo = heuristic.algo;
+        Ok(plan)
+    }
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: created in `LtPlan::new`, destroyed once.
+        unsafe {
+            for l in self.layouts.into_iter().filter(|l| !l.is_null()) {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        self.plans.borrow_mut().clear();
+        // SAFETY: the handle is destroyed once, after its plans.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
 }
 
 /// The NVRTC target for compute capability `cc`: Hopper gets its `a` target (wgmma, setmaxnreg).
@@ -148,7 +237,16 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda { op: "cublasCreate", detail: format!("{e:?}") })?;
         let pdl = cc.0 >= 9 && std::env::var("EDGELLM_CUDA_PDL").map_or(true, |v| v != "0");
-        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl })
+        let lt = match std::env::var("EDGELLM_CUDA_LT").map_or(true, |v| v != "0") {
+            true => Some(Lt {
+                handle: lt::create_handle()
+                    .map_err(|e| Error::Cuda { op: "cublasLtCreate", detail: format!("{e:?}") })?,
+                workspace: DevBuf::new(LT_WORKSPACE)?,
+                plans: RefCell::new(HashMap::new()),
+            }),
+            false => None,
+        };
+        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl, lt })
     }
 
     /// Makes the context current on the calling thread (the engine may move between threads).
@@ -282,6 +380,8 @@ impl Gpu {
 
     /// `c[n, m] = a[n, k] · w[m, k]ᵀ (+ c[n, m] with `accumulate`)` with `a`, `w` in fp16 (`bf16`
     /// false) or bf16, `c` fp32, fp32 accumulation (prefill projections and LM head).
+    /// cuBLASLt with the descriptors and the heuristic's algorithm of each shape made at its
+    /// first use (a prompt of a new length), cublasGemmEx where cuBLASLt is turned off.
     pub fn gemm(
         &self,
         bf16: bool,
@@ -291,8 +391,46 @@ impl Gpu {
         (n, m, k): (usize, usize, usize),
         accumulate: bool,
     ) -> Result<()> {
-        let t = if bf16 { blas_sys::cudaDataType::CUDA_R_16BF } else { blas_sys::cudaDataType::CUDA_R_16F };
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
+        if let Some(l) = &self.lt {
+            let t = if bf16 { lt_sys::cudaDataType::CUDA_R_16BF } else { lt_sys::cudaDataType::CUDA_R_16F };
+            let err = |e: lt::CublasError| Error::Cuda {
+                op: "cublasLtMatmul",
+                detail: format!("{e:?} ({n}x{m}x{k})"),
+            };
+            let mut plans = l.plans.borrow_mut();
+            let plan = match plans.entry((bf16, n, m, k)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(LtPlan::new(l.handle, t, (n, m, k)).map_err(err)?)
+                }
+            };
+            let [wl, al, cl] = plan.layouts;
+            // SAFETY: the plan's layouts describe these buffers (sized by the caller as for
+            // cublasGemmEx below); the workspace holds LT_WORKSPACE bytes.
+            return unsafe {
+                lt::matmul(
+                    l.handle,
+                    plan.desc,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    w as *const c_void,
+                    wl,
+                    a as *const c_void,
+                    al,
+                    c as *const c_void,
+                    cl,
+                    c as *mut c_void,
+                    cl,
+                    &plan.algo,
+                    l.workspace.ptr() as *mut c_void,
+                    LT_WORKSPACE,
+                    self.stream.cu_stream() as lt_sys::cudaStream_t,
+                )
+            }
+            .map_err(err);
+        }
+        let t = if bf16 { blas_sys::cudaDataType::CUDA_R_16BF } else { blas_sys::cudaDataType::CUDA_R_16F };
         // SAFETY: row-major a [n, k] is column-major [k, n]; w [m, k] row-major is column-major
         // [k, m], transposed to [m, k]; c column-major [m, n] is row-major [n, m]. Buffers are
         // sized by the caller for these shapes.
@@ -345,7 +483,8 @@ impl Drop for Graph {
 impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.bind();
-        // SAFETY: no launch can use the module after the Gpu is gone.
+        self.lt = None; // while the context lives
+                        // SAFETY: no launch can use the module after the Gpu is gone.
         let _ = unsafe { result::module::unload(self.module) };
     }
 }

@@ -8,7 +8,7 @@
 //! `sample.rs`) and reads back only those ids (and the logits rows when a host sampler needs
 //! them). Steps of up to [`MAX_GEMV_TOKENS`] tokens that all need logits (decode) are captured
 //! once per token count as a CUDA graph and replayed; larger steps (prefill) run eagerly with
-//! cuBLAS GEMMs.
+//! cuBLASLt GEMMs and tensor-core attention.
 
 use super::gpu::{CudaOptions, DevBuf, Gpu, Graph};
 use super::sample::{self, DeviceSampler, SAMPLE_WORDS};
@@ -93,24 +93,33 @@ pub struct CudaModel {
     graphs: Vec<Option<Graph>>, // by token count - 1, then the same with device sampling
     sampler: DeviceSampler,
     use_graphs: bool,
+    // the tensor-core prefill attention (`EDGELLM_CUDA_FLASH=0` turns it off, to measure it)
+    flash_prefill: bool,
     staging: Vec<u32>, // host image of `Arena::inputs`
     host_ids: Vec<u32>,
 }
 
-/// Warps per GEMV row: enough that each warp's share of a row keeps all its loads in flight at
-/// once. It depends on the row length only, so a token's sums are the same at every batch size.
-fn ksplit(cols: usize) -> i32 {
-    if cols >= 4096 {
-        4
-    } else {
-        2
-    }
+/// Decode GEMV launch shape (kernels/gemv.cu): a block per 8 rows, its warps splitting the
+/// columns so that each takes one round of U 32-column groups (U = 8 loads in flight per lane,
+/// 4 + 4 for gate/up) where 16 warps allow it. It depends on the shape only, so a token's sums
+/// are the same at every batch size.
+fn gemv_layout(rows: usize, cols: usize, gated: bool) -> ((u32, u32), u32) {
+    let u = if gated { 4 } else { 8 };
+    let warps = cols.div_ceil(32).div_ceil(u).clamp(1, 16);
+    ((rows.div_ceil(8) as u32, 1), 32 * warps as u32)
 }
 
-/// GEMV blocks of 4 warps for `rows` rows at `ksplit` warps per row.
-fn gemv_blocks(rows: usize, ksplit: i32) -> u32 {
-    (rows as u32 * ksplit as u32).div_ceil(4)
+/// What a decode GEMV does with its sums (kernels/gemv.cu `EPI_*`).
+#[derive(Clone, Copy)]
+enum Epilogue {
+    /// `out` = x·wᵀ in fp32, soft-capped when `cap` > 0.
+    Plain { cap: f32 },
+    /// `out` = act(gate)·up as activations, `w` being [gate; up].
+    Gated,
 }
+
+/// Token tiles of the tensor-core prefill attention (kernels/attention.cu).
+const PREFILL_TILE: usize = 64;
 
 // SAFETY: the raw driver handles (module, graphs) belong to this model's context, which every
 // entry point binds to the calling thread first (`Gpu::bind`); `&mut self` keeps one thread at a
@@ -258,6 +267,7 @@ impl CudaModel {
             graphs: (0..2 * MAX_GEMV_TOKENS).map(|_| None).collect(),
             sampler: DeviceSampler::new(&gpu, limits.max_seqs)?,
             use_graphs: opts.graphs,
+            flash_prefill: std::env::var("EDGELLM_CUDA_FLASH").map_or(true, |v| v != "0"),
             staging: vec![0; 3 * t + r + sample_words + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
@@ -351,7 +361,7 @@ impl CudaModel {
             let g = n - 1 + MAX_GEMV_TOKENS * sampled as usize;
             if self.graphs[g].is_none() {
                 self.gpu.begin_capture()?;
-                let enqueued = self.enqueue(n, r, sampled);
+                let enqueued = self.enqueue(n, r, n_seqs, sampled);
                 let graph = self.gpu.end_capture();
                 enqueued?;
                 self.graphs[g] = Some(graph?);
@@ -359,7 +369,7 @@ impl CudaModel {
             let graph = self.graphs[g].as_ref().expect("captured above");
             self.gpu.replay(graph)?;
         } else {
-            self.enqueue(n, r, sampled)?;
+            self.enqueue(n, r, n_seqs, sampled)?;
         }
         if r > 0 {
             self.gpu.dtoh(&mut self.host_ids[..r], self.a.ids.ptr())?;
@@ -382,19 +392,16 @@ impl CudaModel {
         self.gpu.dtoh(&mut out[..vocab], self.a.logits.ptr() + (row * vocab * 4) as u64)
     }
 
-    /// Enqueues a whole step of `n` tokens and `r` logit rows on the stream, choosing the rows'
-    /// tokens by argmax or, when `sampled`, by the sampling parameters in the step's inputs.
-    fn enqueue(&self, n: usize, r: usize, sampled: bool) -> Result<()> {
+    /// Enqueues a whole step of `n` tokens of `n_seqs` sequences and `r` logit rows on the
+    /// stream, choosing the rows' tokens by argmax or, when `sampled`, by the sampling
+    /// parameters in the step's inputs.
+    fn enqueue(&self, n: usize, r: usize, n_seqs: usize, sampled: bool) -> Result<()> {
         let c = &self.cfg;
         let (g, a, dt) = (&self.gpu, &self.a, self.dt);
         let (hidden, hd) = (c.hidden_size as i32, c.head_dim as i32);
         let (n_heads, n_kv) = (c.num_attention_heads as i32, c.num_key_value_heads as i32);
         let (q_dim, kv_dim, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         let eps = c.rms_norm_eps;
-        let act = match c.hidden_act {
-            Activation::Silu => 0i32,
-            Activation::GeluTanh => 1,
-        };
         let opt = |b: &Option<DevBuf>| b.as_ref().map_or(0u64, |b| b.ptr());
         let nu = n as u32;
 
@@ -420,24 +427,36 @@ impl CudaModel {
             } else {
                 1
             };
-            let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
-            launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
-                a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
-                self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
-                c.attn_scale(), window, cap)?;
+            // prompts on tensor cores where the head size has a kernel and the tokens are not
+            // mostly single decode rows of many sequences (a block makes a pass per sequence)
+            let flash = self.flash_prefill
+                && n > MAX_GEMV_TOKENS
+                && matches!(c.head_dim, 64 | 128)
+                && n >= 16 * n_seqs;
+            if flash {
+                let tiles = n.div_ceil(PREFILL_TILE) as u32;
+                launch!(g, format!("attention_prefill_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
+                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
+                    self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
+                    c.attn_scale(), window, cap)?;
+            } else {
+                let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
+                launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
+                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
+                    self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd,
+                    self.kv.block_size as i32, c.attn_scale(), window, cap)?;
+            }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
             self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), c.hidden_size, q_dim, 0.0)?;
             launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
                 a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
             // MLP: fused gate/up with the activation, down projection
             if n <= MAX_GEMV_TOKENS {
-                let ks = ksplit(c.hidden_size);
-                launch!(g, format!("gemv_gated_{dt}_n{n}"), (gemv_blocks(ffn, ks), 1), 128, 0;
-                    l.w_gate_up.ptr(), a.hn.ptr(), a.act.ptr(), ffn as i32, hidden, act, ks)?;
+                self.gemv(Epilogue::Gated, a.hn.ptr(), n, &l.w_gate_up, a.act.ptr(), (ffn, c.hidden_size))?;
             } else {
                 self.gemm(a.hn.ptr(), &l.w_gate_up, a.gate_up.ptr(), (n, 2 * ffn, c.hidden_size))?;
                 launch!(g, format!("gated_act_{dt}"), ((ffn as u32).div_ceil(256), nu), 256, 0;
-                    a.gate_up.ptr(), a.act.ptr(), ffn as i32, act)?;
+                    a.gate_up.ptr(), a.act.ptr(), ffn as i32, self.act_code())?;
             }
             self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), c.hidden_size, ffn, 0.0)?;
             let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
@@ -473,6 +492,35 @@ impl CudaModel {
         Ok(())
     }
 
+    /// The MLP activation's code in the kernels (common.cuh `activation`).
+    fn act_code(&self) -> i32 {
+        match self.cfg.hidden_act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        }
+    }
+
+    /// The decode GEMV over `n` <= [`MAX_GEMV_TOKENS`] tokens: `x[n, cols] · wᵀ` for the
+    /// `rows` output rows (the gate rows for [`Epilogue::Gated`]), into `out` as `epi` says. The
+    /// one place a weight format picks its GEMV kernel.
+    fn gemv(
+        &self,
+        epi: Epilogue,
+        x: u64,
+        n: usize,
+        w: &DevBuf,
+        out: u64,
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        let (kind, cap, gated) = match epi {
+            Epilogue::Plain { cap } => ("", cap, false),
+            Epilogue::Gated => ("_gated", 0.0, true),
+        };
+        let (grid, threads) = gemv_layout(rows, cols, gated);
+        launch!(self.gpu, format!("gemv{kind}_{}_n{n}", self.dt), grid, threads, 0;
+            w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code())
+    }
+
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
     /// up to [`MAX_GEMV_TOKENS`] tokens, cuBLAS above.
     fn matmul(
@@ -485,11 +533,8 @@ impl CudaModel {
         cols: usize,
         cap: f32,
     ) -> Result<()> {
-        let dt = self.dt;
         if n <= MAX_GEMV_TOKENS {
-            let ks = ksplit(cols);
-            return launch!(self.gpu, format!("gemv_{dt}_n{n}"), (gemv_blocks(rows, ks), 1), 128, 0;
-                w.ptr(), x, out, rows as i32, cols as i32, cap, ks);
+            return self.gemv(Epilogue::Plain { cap }, x, n, w, out, (rows, cols));
         }
         self.gemm(x, w, out, (n, rows, cols))?;
         if cap > 0.0 {

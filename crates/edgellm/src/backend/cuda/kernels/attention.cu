@@ -147,3 +147,208 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
 
 ATTN_KERNELS(f16, F16)
 ATTN_KERNELS(bf16, BF16)
+
+// Prefill attention on tensor cores, flash-attention style, with the masks of `attention_impl`
+// (causal, sliding window, score soft cap, GQA) over the same paged cache. A block takes 64
+// consecutive tokens of the step and one query head; warp w owns tokens 16w..16w+15 as the rows
+// of mma m16n8k16 tiles (q in fp16 as A, keys as B: S = q k^T, 64 positions per tile, fp32), keeps
+// an online softmax per row in registers and adds P v (P in fp16, values staged transposed in
+// shared memory) into an fp32 [16, HD] accumulator. Tokens of several sequences may share a
+// block (batched prefill, decode rows after a prompt): the block makes one pass over the
+// positions of each sequence among its rows, rows of the others masked; warps with no row
+// inside a tile's positions skip its products (the causal triangle).
+// q: fp32 [n_tokens, n_heads * HD]; out: activations [n_tokens, n_heads * HD].
+// Launch: grid (ceil(n_tokens / 64), n_heads), 128 threads, HD = head_dim in {64, 128} (other
+// head sizes take `attention_impl`). Tried first (v1-v7): `attention_impl` for prefill, a block per
+// (token, head) reading every key and value row of its context: 423 us per Llama-3.2-1B layer at
+// 512 tokens under ncu, ~70% of the prompt's time.
+template <class W, int HD>
+__device__ void attention_prefill_impl(const float* q, const u16* k_cache, const u16* v_cache, const int* positions,
+                                       const int* token_seq, const int* tables, int max_blocks, u16* out,
+                                       int n_tokens, int n_heads, int n_kv_heads, int block_size, float scale,
+                                       int window, float cap) {
+    constexpr int BQ = 64, BK = 64, KP = HD + 8, VP = BK + 8;  // rows padded: no bank conflicts on B loads
+    __shared__ __align__(16) u16 ks[BK * KP];                  // keys [position][dim]
+    __shared__ __align__(16) u16 vt[HD * VP];                  // values transposed [dim][position]
+    __shared__ int row_seq[BQ], row_pos[BQ], row_first[BQ];
+    __shared__ int s_cur, s_lo, s_hi;
+    pdl_start();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
+    int t0 = blockIdx.x * BQ, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    if (threadIdx.x < BQ) {
+        int t = t0 + threadIdx.x;
+        bool ok = t < n_tokens;
+        int pos = ok ? positions[t] : 0;
+        row_seq[threadIdx.x] = ok ? token_seq[t] : -1;
+        row_pos[threadIdx.x] = pos;
+        row_first[threadIdx.x] = window > 0 ? max(0, pos + 1 - window) : 0;
+    }
+    // this lane's two rows: ra = 16 * warp + g and rb = ra + 8 (A fragment rows g and g + 8)
+    int ra = warp * 16 + g, rb = ra + 8;
+    unsigned qf[HD / 16][4];
+    {
+        bool oka = t0 + ra < n_tokens, okb = t0 + rb < n_tokens;
+        const float* qa = q + ((size_t)(t0 + ra) * n_heads + h) * HD;
+        const float* qb = q + ((size_t)(t0 + rb) * n_heads + h) * HD;
+        const float2 z2 = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++) {
+            int d = kc * 16 + 2 * qd;
+            float2 a0 = oka ? *(const float2*)(qa + d) : z2, a1 = oka ? *(const float2*)(qa + d + 8) : z2;
+            float2 b0 = okb ? *(const float2*)(qb + d) : z2, b1 = okb ? *(const float2*)(qb + d + 8) : z2;
+            qf[kc][0] = pack2<F16>(a0.x, a0.y);
+            qf[kc][1] = pack2<F16>(b0.x, b0.y);
+            qf[kc][2] = pack2<F16>(a1.x, a1.y);
+            qf[kc][3] = pack2<F16>(b1.x, b1.y);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};  // rows ra, rb (l: this lane's share)
+    __syncthreads();
+    int seq_r[2] = {row_seq[ra], row_seq[rb]}, pos_r[2] = {row_pos[ra], row_pos[rb]};
+    int first_r[2] = {row_first[ra], row_first[rb]};
+    for (int prev = -1;;) {
+        // the next sequence among the block's rows and its positions
+        if (threadIdx.x == 0) {
+            s_cur = 0x7fffffff;
+            s_lo = 0x7fffffff;
+            s_hi = -1;
+        }
+        __syncthreads();
+        if (threadIdx.x < BQ && row_seq[threadIdx.x] > prev) atomicMin(&s_cur, row_seq[threadIdx.x]);
+        __syncthreads();
+        int cur = s_cur;
+        if (cur == 0x7fffffff) break;
+        if (threadIdx.x < BQ && row_seq[threadIdx.x] == cur) {
+            atomicMin(&s_lo, row_first[threadIdx.x]);
+            atomicMax(&s_hi, row_pos[threadIdx.x] + 1);
+        }
+        __syncthreads();
+        int lo = s_lo, hi = s_hi;
+        prev = cur;
+        const int* table = tables + cur * max_blocks;
+        bool in_r[2] = {seq_r[0] == cur, seq_r[1] == cur};
+        for (int c = lo; c < hi; c += BK) {
+            // stage keys and values of positions c .. c + BK - 1 (zeros past hi)
+            for (int i = threadIdx.x; i < BK * HD / 8; i += blockDim.x) {
+                int j = i / (HD / 8), dv = i % (HD / 8), p = c + j;
+                uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+                if (p < hi) {
+                    int blk = table[p / block_size];
+                    size_t off = (((size_t)blk * n_kv_heads + kvh) * block_size + p % block_size) * HD + dv * 8;
+                    kv = *(const uint4*)(k_cache + off);
+                    vv = *(const uint4*)(v_cache + off);
+                }
+                *(uint4*)(ks + j * KP + dv * 8) = kv;
+                unsigned vw[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    vt[(dv * 8 + 2 * e) * VP + j] = (u16)(vw[e] & 0xffff);
+                    vt[(dv * 8 + 2 * e + 1) * VP + j] = (u16)(vw[e] >> 16);
+                }
+            }
+            __syncthreads();
+            bool work = false;
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) work |= in_r[rr] && pos_r[rr] >= c && first_r[rr] < c + BK;
+            if (__any_sync(0xffffffff, work)) {
+                float s[BK / 8][4];
+#pragma unroll
+                for (int n = 0; n < BK / 8; n++) {
+                    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+                    const u16* kr = ks + (n * 8 + g) * KP + 2 * qd;
+#pragma unroll
+                    for (int kc = 0; kc < HD / 16; kc++)
+                        mma16816<F16>(s[n], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3],
+                                      *(const unsigned*)(kr + kc * 16), *(const unsigned*)(kr + kc * 16 + 8));
+                }
+                // s[n][e]: row e < 2 ? ra : rb, position c + 8n + 2qd + (e & 1)
+                float mx[2] = {m[0], m[1]};
+#pragma unroll
+                for (int n = 0; n < BK / 8; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int rr = e >> 1, j = c + n * 8 + 2 * qd + (e & 1);
+                        bool ok = in_r[rr] && j >= first_r[rr] && j <= pos_r[rr];
+                        float v = ok ? softcap(s[n][e] * scale, cap) : NEG_INF;
+                        s[n][e] = v;
+                        mx[rr] = fmaxf(mx[rr], v);
+                    }
+                }
+                float base[2];
+#pragma unroll
+                for (int rr = 0; rr < 2; rr++) {
+                    mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffff, mx[rr], 1));
+                    mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffff, mx[rr], 2));
+                    base[rr] = mx[rr] == NEG_INF ? 0.f : mx[rr];  // a row with nothing yet stays at 0
+                    float rescale = expf(m[rr] - base[rr]);       // 0 while m = -inf
+                    l[rr] *= rescale;
+#pragma unroll
+                    for (int n = 0; n < HD / 8; n++) {
+                        o[n][2 * rr] *= rescale;
+                        o[n][2 * rr + 1] *= rescale;
+                    }
+                    m[rr] = mx[rr];
+                }
+#pragma unroll
+                for (int n = 0; n < BK / 8; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float p = expf(s[n][e] - base[e >> 1]);
+                        s[n][e] = p;
+                        l[e >> 1] += p;
+                    }
+                }
+                // O += P v: P's accumulator layout is the A fragment of the next product
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; kk++) {
+                    unsigned a0 = pack2<F16>(s[2 * kk][0], s[2 * kk][1]);
+                    unsigned a1 = pack2<F16>(s[2 * kk][2], s[2 * kk][3]);
+                    unsigned a2 = pack2<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                    unsigned a3 = pack2<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                    for (int n = 0; n < HD / 8; n++) {
+                        const u16* vr = vt + (n * 8 + g) * VP + kk * 16 + 2 * qd;
+                        mma16816<F16>(o[n], a0, a1, a2, a3, *(const unsigned*)vr, *(const unsigned*)(vr + 8));
+                    }
+                }
+            }
+            __syncthreads();  // the tile is rewritten next
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        l[rr] += __shfl_xor_sync(0xffffffff, l[rr], 1);
+        l[rr] += __shfl_xor_sync(0xffffffff, l[rr], 2);
+    }
+    size_t lo_off = (size_t)n_tokens * n_heads * HD;
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        int t = t0 + (rr ? rb : ra);
+        if (t >= n_tokens) continue;
+        float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+        u16* orow = out + ((size_t)t * n_heads + h) * HD;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            int d = n * 8 + 2 * qd;
+            store_act<W>(orow, d, lo_off, o[n][2 * rr] * inv);
+            store_act<W>(orow, d + 1, lo_off, o[n][2 * rr + 1] * inv);
+        }
+    }
+}
+
+#define ATTN_PREFILL_KERNEL(NAME, W, HD)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) attention_prefill_##NAME##_hd##HD(                       \
+        const float* q, const u16* k_cache, const u16* v_cache, const int* positions, const int* token_seq,    \
+        const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads, int n_kv_heads,                \
+        int block_size, float scale, int window, float cap) {                                                  \
+        attention_prefill_impl<W, HD>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out,      \
+                                      n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap);          \
+    }
+
+ATTN_PREFILL_KERNEL(f16, F16, 64)
+ATTN_PREFILL_KERNEL(f16, F16, 128)
+ATTN_PREFILL_KERNEL(bf16, BF16, 64)
+ATTN_PREFILL_KERNEL(bf16, BF16, 128)

@@ -15,6 +15,7 @@ typedef unsigned short u16;
 // put the tiny fixtures' logits up to 3e-2 from HF's; fp16 (11 bits) needs no second half.
 struct F16 {
     static const bool SPLIT = false;
+    static const bool IS_BF16 = false;
     static __device__ __forceinline__ float to_f(u16 h) {
         float f;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -29,6 +30,7 @@ struct F16 {
 
 struct BF16 {
     static const bool SPLIT = true;
+    static const bool IS_BF16 = true;
     static __device__ __forceinline__ float to_f(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
     static __device__ __forceinline__ u16 from_f(float f) {
         u16 h;
@@ -55,6 +57,35 @@ __device__ __forceinline__ void unpack8(uint4 v, float* out) {
         out[2 * i] = W::to_f((u16)(w[i] & 0xffff));
         out[2 * i + 1] = W::to_f((u16)(w[i] >> 16));
     }
+}
+
+// Tensor-core tile product d += a * b, mma.sync m16n8k16 with fp32 accumulation, a and b in the
+// storage type of W (two 16-bit elements per register, the lower index in the low half).
+// Fragments (g = lane / 4, q = lane % 4): a0 = A[g][2q..2q+1], a1 = A[g+8][2q..], a2 = A[g][2q+8..],
+// a3 = A[g+8][2q+8..]; b0 = B[2q..2q+1][g], b1 = B[2q+8..2q+9][g]; d0,d1 = D[g][2q..2q+1],
+// d2,d3 = D[g+8][2q..2q+1].
+template <class W>
+__device__ __forceinline__ void mma16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+    if (W::IS_BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+// Two fp32 values as one register of two W elements (lo in the low half).
+template <class W>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    return (unsigned)W::from_f(lo) | ((unsigned)W::from_f(hi) << 16);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

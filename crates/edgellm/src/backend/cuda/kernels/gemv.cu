@@ -1,121 +1,139 @@
-// Decode GEMV: out[t, r] = sum_k x[t, k] * w[r, k] for NT <= 8 tokens, weights read once for
-// all of them. w is [rows, in] row-major in the storage type, x is [NT, in] activations (`store_act`),
-// out is fp32. Epilogues: `softcap` (> 0: cap * tanh(v / cap), the LM head of Gemma); GATED:
-// w holds [gate; up] (2 * rows rows) and out[t, r] = act(gate[r]) * up[r], written in the
-// storage type as activations (the fused gate/up projection feeding the down projection).
+// Decode GEMV on tensor cores: out[t, r] = sum_k x[t, k] * w[r, k] for NT <= 8 tokens, the weights
+// read once for all of them. w is [rows, in] row-major in the storage type, x is [NT, in]
+// activations (`store_act`); `in` must be a multiple of 8. Epilogues (EPI):
+//   EPI_PLAIN  out fp32 [NT, rows], soft-capped when cap > 0 (cap * tanh(v / cap): Gemma's LM head);
+//   EPI_GATED  w holds [gate; up] (2 * rows rows); out[t, r] = act(gate[r]) * up[r] as activations
+//              (the fused gate/up projection feeding the down projection).
 //
-// The first loads of weights are issued before waiting for the previous kernel (pdl_start).
-// Launch: 128 threads, `ksplit` (1, 2 or 4) warps per output row, each summing a contiguous
-// 1/ksplit of the row, grid = ceil(rows * ksplit / 4). Each lane reads 16 bytes (8 elements) per
-// step, 4 or 8 steps unrolled so that as many independent loads are in flight; `in` must be a
-// multiple of 8. Tried first: one warp per row (ksplit 1): 8 KB-16 KB rows kept too few loads in
-// flight (Llama-3.2-1B down projection 25 us for 16.7 MB under ncu, 0.7 TB/s).
+// Layout: one block per group of 8 rows, blockDim = 32 * ks with ks <= 16 warps, each taking a
+// contiguous share of the rows' 32-element column groups (ks depends on the shape only, so a
+// token's sums are the same at every batch size: model.rs `gemv_layout`). Lane (g = lane / 4,
+// q = lane % 4) loads 16 bytes of row g at column 32 * group + 8 * q; per group the warp holds
+// 8 rows x 32 columns, fed to two mma m16n8k16 as rows 0-7 of A (rows 8-15 zero). The column
+// order inside a group is permuted alike in A and in B (x, token n = g, zero for g >= NT), so the
+// dot products are unchanged. U groups per lane in flight (8; GATED 4 gate + 4 up), the first
+// ones before waiting for the previous kernel (pdl_start). The warps' partial sums are added in
+// warp order through shared memory.
+// Tried first (NOTES.md v1-v8b): 1-4 warps per row with fp32 FMAs (v6): at 8 tokens the unpacking
+// and FMAs (64 per 16-byte weight load) bounded the step, not DRAM (batch 8 4.4x batch 1, now
+// 6.5x), though at 1 token it was 6-13% faster than this; double-buffered loads here (124-156
+// registers: too few blocks resident); the residual add and the next RMSNorm folded into these
+// GEMVs (a last-block norm, or partial sums of squares and a normed B operand): slower than
+// the separate `residual_rmsnorm` kernel, whose launch PDL already hides.
 
-template <class W, int NT, bool GATED>
+#define EPI_PLAIN 0
+#define EPI_GATED 1
+template <class W, int NT, int EPI>
 __device__ void gemv_impl(const u16* __restrict__ w, const u16* __restrict__ x, void* out, int rows, int in,
-                          float cap, int act, int ksplit) {
-    __shared__ float red[2][4][NT];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (4 / ksplit) + warp / ksplit, part = warp % ksplit;
+                          float cap, int act) {
+    constexpr bool GATED = EPI == EPI_GATED;
+    constexpr int U = GATED ? 4 : 8;
+    constexpr int NV = GATED ? 4 : 2;  // values per lane reduced across warps
+    __shared__ float red[16][32][NV];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ks = blockDim.x >> 5;
+    int g = lane >> 2, q = lane & 3;
+    int r = blockIdx.x * 8 + g;
     bool valid = r < rows;
-    if (!valid) r = rows - 1;  // stays for the barrier below, writes nothing
-    const uint4* wr = (const uint4*)(w + (size_t)r * in);
-    const uint4* wu = (const uint4*)(w + (size_t)(r + rows) * in);
-    float acc[NT], acc_u[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
-    int n_vec_all = in >> 3;
-    int chunk = (n_vec_all + ksplit - 1) / ksplit;
-    int k0 = part * chunk, n_vec = min(n_vec_all, k0 + chunk);
-    // loads in flight per lane: more where fewer accumulators hold registers
-    const int U = NT <= 2 && !GATED ? 8 : 4;
-    const int STEP = 32 * U;
-    uint4 wv[U], uv[U];
-    auto load = [&](int base) {
+    int rr = valid ? r : rows - 1;  // a padding row loads a real row and writes nothing
+    const uint4* wr = (const uint4*)(w + (size_t)rr * in);
+    const uint4* wu = (const uint4*)(w + (size_t)(rr + rows) * in);
+    int tg = min(g, NT - 1);  // this lane's token in B (lanes g >= NT feed zeros)
+    const uint4* xr = (const uint4*)(x + (size_t)tg * in);
+    const uint4* xl = (const uint4*)(x + (size_t)(NT + tg) * in);  // bf16 low halves
+    int n_vec = in >> 3, n_grp = (n_vec + 3) >> 2;
+    int chunk = (n_grp + ks - 1) / ks;
+    int g0 = warp * chunk, g1 = min(n_grp, g0 + chunk);
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, acc_u[4] = {0.f, 0.f, 0.f, 0.f};
+    uint4 wc[U], uc[U];
+    auto load_w = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            int k = base + u * 32 + lane;
-            if (k < n_vec) {
-                wv[u] = __ldg(wr + k);
-                if (GATED) uv[u] = __ldg(wu + k);
+            int k = (base + u) * 4 + q;
+            bool in_range = base + u < g1 && k < n_vec;
+            wc[u] = in_range ? __ldg(wr + k) : zero;
+            if (GATED) uc[u] = in_range ? __ldg(wu + k) : zero;
+        }
+    };
+    auto mul = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int k = (base + u) * 4 + q;
+            bool in_range = g < NT && base + u < g1 && k < n_vec;
+            uint4 xv = zero, xlv = zero;
+            if (in_range) {
+                xv = __ldg(xr + k);
+                if (W::SPLIT) xlv = __ldg(xl + k);
+            }
+            mma16816<W>(acc, wc[u].x, 0u, wc[u].y, 0u, xv.x, xv.y);
+            mma16816<W>(acc, wc[u].z, 0u, wc[u].w, 0u, xv.z, xv.w);
+            if (W::SPLIT) {
+                mma16816<W>(acc, wc[u].x, 0u, wc[u].y, 0u, xlv.x, xlv.y);
+                mma16816<W>(acc, wc[u].z, 0u, wc[u].w, 0u, xlv.z, xlv.w);
+            }
+            if (GATED) {
+                mma16816<W>(acc_u, uc[u].x, 0u, uc[u].y, 0u, xv.x, xv.y);
+                mma16816<W>(acc_u, uc[u].z, 0u, uc[u].w, 0u, xv.z, xv.w);
+                if (W::SPLIT) {
+                    mma16816<W>(acc_u, uc[u].x, 0u, uc[u].y, 0u, xlv.x, xlv.y);
+                    mma16816<W>(acc_u, uc[u].z, 0u, uc[u].w, 0u, xlv.z, xlv.w);
+                }
             }
         }
     };
     // the first weights do not depend on the previous kernel: their loads overlap its tail
-    load(k0);
+    load_w(g0);
     pdl_start();
-    for (int base = k0; base < n_vec; base += STEP) {
-        if (base != k0) load(base);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int k = base + u * 32 + lane;
-            if (k >= n_vec) break;
-            float wf[8], uf[8];
-            unpack8<W>(wv[u], wf);
-            if (GATED) unpack8<W>(uv[u], uf);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float xf[8];
-                unpack8<W>(__ldg((const uint4*)(x + (size_t)t * in) + k), xf);
-                if (W::SPLIT) {
-                    float xl[8];
-                    unpack8<W>(__ldg((const uint4*)(x + (size_t)(NT + t) * in) + k), xl);
-#pragma unroll
-                    for (int j = 0; j < 8; j++) xf[j] += xl[j];
-                }
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    acc[t] += wf[j] * xf[j];
-                    if (GATED) acc_u[t] += uf[j] * xf[j];
-                }
-            }
-        }
+    for (int base = g0; base < g1; base += U) {
+        if (base != g0) load_w(base);
+        mul(base);
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t] = warp_sum(acc[t]);
-        if (GATED) acc_u[t] = warp_sum(acc_u[t]);
-    }
-    if (ksplit > 1) {
-        if (lane == 0) {
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                red[0][warp][t] = acc[t];
-                red[1][warp][t] = acc_u[t];
-            }
+    // acc[0..1] = D[g][2q..2q+1]: row r, tokens 2q and 2q + 1
+    if (ks > 1) {
+        red[warp][lane][0] = acc[0];
+        red[warp][lane][1] = acc[1];
+        if (GATED) {
+            red[warp][lane][2] = acc_u[0];
+            red[warp][lane][3] = acc_u[1];
         }
         __syncthreads();
-        if (part != 0) return;
+    }
+    if (warp != 0 || !valid) return;
+    if (ks > 1) {
+        float s[NV];
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float v = 0.f, u = 0.f;
-            for (int p = 0; p < ksplit; p++) {  // in order: the same sum at every batch size
-                v += red[0][warp + p][t];
-                u += red[1][warp + p][t];
-            }
-            acc[t] = v;
-            acc_u[t] = u;
+        for (int j = 0; j < NV; j++) s[j] = 0.f;
+        for (int p = 0; p < ks; p++) {  // in order: the same sum at every batch size
+#pragma unroll
+            for (int j = 0; j < NV; j++) s[j] += red[p][lane][j];
+        }
+        acc[0] = s[0];
+        acc[1] = s[1];
+        if (GATED) {
+            acc_u[0] = s[NV - 2];
+            acc_u[1] = s[NV - 1];
         }
     }
-    if (!valid || lane != 0) return;
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        if (GATED) {
-store_act<W>((u16*)out, (size_t)t * rows + r, (size_t)NT * rows, activation(acc[t], act) * acc_u[t]);
-        } else {
-            ((float*)out)[(size_t)t * rows + r] = softcap(acc[t], cap);
-        }
+    for (int j = 0; j < 2; j++) {
+        int t = 2 * q + j;
+        if (t >= NT) continue;
+        size_t o = (size_t)t * rows + r;
+        if (EPI == EPI_PLAIN) ((float*)out)[o] = softcap(acc[j], cap);
+        if (EPI == EPI_GATED) store_act<W>((u16*)out, o, (size_t)NT * rows, activation(acc[j], act) * acc_u[j]);
     }
 }
 
+// One signature for both kinds: (w, x, out, rows, in, cap, act); `cap` is for EPI_PLAIN, `act` for
+// EPI_GATED (common.cuh `activation`).
 #define GEMV_KERNEL(NAME, W, NT)                                                                          \
-    extern "C" __global__ void gemv_##NAME##_n##NT(const u16* w, const u16* x, float* out, int rows, int in, \
-                                                   float cap, int ksplit) {                                \
-        gemv_impl<W, NT, false>(w, x, out, rows, in, cap, 0, ksplit);                                      \
-    }                                                                                                      \
-    extern "C" __global__ void gemv_gated_##NAME##_n##NT(const u16* w, const u16* x, u16* out, int rows,   \
-                                                         int in, int act, int ksplit) {                    \
-        gemv_impl<W, NT, true>(w, x, out, rows, in, 0.f, act, ksplit);                                     \
+    extern "C" __global__ void __launch_bounds__(512, 2)                                                    \
+        gemv_##NAME##_n##NT(const u16* w, const u16* x, void* out, int rows, int in, float cap, int act) { \
+        gemv_impl<W, NT, EPI_PLAIN>(w, x, out, rows, in, cap, act);                                      \
+    }                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(512, 2) gemv_gated_##NAME##_n##NT(                          \
+        const u16* w, const u16* x, void* out, int rows, int in, float cap, int act) {                    \
+        gemv_impl<W, NT, EPI_GATED>(w, x, out, rows, in, cap, act);                                      \
     }
 
 #define GEMV_ALL(NAME, W) \
