@@ -23,16 +23,21 @@ pub struct RunTimes {
     pub generated: Vec<Vec<u32>>,
 }
 
-/// The sampling of every benchmark sequence: greedy, exactly `gen` tokens.
-pub fn params(gen: usize) -> SamplingParams {
-    SamplingParams { max_tokens: Some(gen), ignore_eos: true, ..SamplingParams::greedy() }
+/// The sampling of every benchmark sequence: `base` (greedy by default), exactly `gen` tokens.
+pub fn params(gen: usize, base: &SamplingParams) -> SamplingParams {
+    SamplingParams { max_tokens: Some(gen), ignore_eos: true, ..base.clone() }
 }
 
 /// Runs `prompts` (one sequence each) to `gen` tokens and times it.
-pub fn run_once(engine: &mut Engine, prompts: &[Vec<u32>], gen: usize) -> Result<RunTimes> {
+pub fn run_once(
+    engine: &mut Engine,
+    prompts: &[Vec<u32>],
+    gen: usize,
+    sampling: &SamplingParams,
+) -> Result<RunTimes> {
     let mut seqs = prompts
         .iter()
-        .map(|ids| engine.new_sequence(&Prompt::Ids(ids.clone()), params(gen)))
+        .map(|ids| engine.new_sequence(&Prompt::Ids(ids.clone()), params(gen, sampling)))
         .collect::<edgellm::Result<Vec<Sequence>>>()?;
     let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
     let mut first: Option<Instant> = None;
@@ -66,8 +71,8 @@ pub fn run_once(engine: &mut Engine, prompts: &[Vec<u32>], gen: usize) -> Result
 
 /// Seconds to sample one token from a vocabulary-sized logits row with the benchmark's
 /// sampler (best of a few, each over `n` samples).
-pub fn sampling_seconds(n_vocab: usize, n: usize) -> Result<f64> {
-    let mut sampler = Sampler::new(&params(n), n_vocab)?;
+pub fn sampling_seconds(n_vocab: usize, n: usize, sampling: &SamplingParams) -> Result<f64> {
+    let mut sampler = Sampler::new(&params(n, sampling), n_vocab)?;
     let row: Vec<f32> = (0..n_vocab).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
     let mut logits = row.clone();
     let history: Vec<u32> = vec![1; 8];

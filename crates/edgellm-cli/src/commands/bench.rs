@@ -15,7 +15,7 @@ use edgellm::backend::Device;
 use edgellm::engine::{Engine, EngineConfig};
 use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
-use edgellm::ModelConfig;
+use edgellm::{ModelConfig, SamplingParams};
 
 use super::Context;
 use crate::bench::record::{compare, Machine, Profile, Record, Results};
@@ -93,6 +93,29 @@ pub struct BenchArgs {
     /// Size of the buffer the copy-bandwidth yardstick copies (MiB).
     #[arg(long, default_value_t = 512)]
     pub copy_mib: usize,
+    /// Sampling temperature of every sequence (0: greedy). With a GPU, sampling runs on the
+    /// device; the sampling seed is --seed.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k of every sequence (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p of every sequence (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+}
+
+impl BenchArgs {
+    /// The sampling of every benchmark sequence, without its token count.
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: Some(self.seed),
+            ..SamplingParams::greedy()
+        }
+    }
 }
 
 /// What is benchmarked.
@@ -126,6 +149,14 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> Result<()> {
     }
     if args.reps == 0 {
         bail!("-r must be at least 1");
+    }
+    let sampling = args.sampling();
+    sampling.validate()?;
+    if !sampling.is_greedy() {
+        eprintln!(
+            "sampling: temperature {}, top-k {}, top-p {}, seed {}",
+            sampling.temperature, sampling.top_k, sampling.top_p, args.seed
+        );
     }
     let subject = if let Some(shape) = &args.synthetic {
         Subject::Synthetic { name: format!("synthetic:{shape}"), config: presets::config(shape)? }
@@ -304,12 +335,12 @@ fn bench_one(
     measure::reset_peak_rss();
     for _ in 0..args.warmup {
         let (ids, _) = prompts(engine, subject, p, b, args.seed)?;
-        measure::run_once(engine, &ids, n.min(8))?;
+        measure::run_once(engine, &ids, n.min(8), &args.sampling())?;
     }
     let (mut ttft, mut decode, mut steps, mut tokenize, mut detok) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..args.reps {
         let (ids, tok_s) = prompts(engine, subject, p, b, args.seed)?;
-        let t = measure::run_once(engine, &ids, n)?;
+        let t = measure::run_once(engine, &ids, n, &args.sampling())?;
         ttft.push(t.ttft.as_secs_f64());
         decode.push(t.decode.as_secs_f64());
         steps.extend(t.steps);
@@ -333,7 +364,7 @@ fn bench_one(
     let decode_gbs = if tpot50 > 0.0 { bytes as f64 / tpot50 / 1e9 } else { 0.0 };
 
     let profile = if args.profile {
-        let sample_s = measure::sampling_seconds(c.vocab_size, 32)?;
+        let sample_s = measure::sampling_seconds(c.vocab_size, 32, &args.sampling())?;
         let median = |v: &[f64]| Spread::of(v).median;
         let detok_s = (!detok.is_empty()).then(|| median(&detok));
         let decode_s = median(&decode) - sample_s * bf * (nf - 1.0) - detok_s.unwrap_or(0.0);

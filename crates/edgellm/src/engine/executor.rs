@@ -8,15 +8,23 @@ use crate::backend::Device;
 use crate::kv::{KvCache, KvShape};
 use crate::model::{ForwardBatch, Model, Scratch};
 use crate::quant::WeightFormat;
-use crate::sampling::TokenHistory;
+use crate::sampling::{DeviceParams, TokenHistory};
 use crate::{Error, Result};
 
 use super::{EngineConfig, KvDtype, Sequence};
 
 /// The forward pass and the memory it runs on.
 pub(crate) enum Executor {
-    Cpu { kv: KvCache, scratch: Box<Scratch> },
-    Cuda { model: Box<CudaModel>, logits: Vec<f32> },
+    Cpu {
+        kv: KvCache,
+        scratch: Box<Scratch>,
+    },
+    Cuda {
+        model: Box<CudaModel>,
+        logits: Vec<f32>,          // [max_rows, vocab] rows a host sampler reads
+        params: Vec<DeviceParams>, // one per row, capacity max_rows
+        ids: Vec<u32>,             // the step's ids, capacity max_rows
+    },
 }
 
 impl Executor {
@@ -63,7 +71,9 @@ impl Executor {
             max_context: cfg.max_context(),
         };
         let gpu = CudaModel::new(model, kv, limits, ordinal, &cfg.cuda)?;
-        Ok(Executor::Cuda { model: Box::new(gpu), logits: vec![0.0; max_rows * model.config.vocab_size] })
+        let logits = vec![0.0; max_rows * model.config.vocab_size];
+        let (params, ids) = (Vec::with_capacity(max_rows), Vec::with_capacity(max_rows));
+        Ok(Executor::Cuda { model: Box::new(gpu), logits, params, ids })
     }
 
     /// The device name and memory in bytes, when running on a GPU.
@@ -114,17 +124,32 @@ impl Executor {
                     seq.push_sampled(sampled);
                 }
             }
-            Executor::Cuda { model: gpu, logits } => {
-                // only the ids come back, unless a row needs its logits on the host
-                let host = owner.iter().any(|&i| !seqs[i].sampler.is_plain_argmax());
-                let ids = gpu.forward(batch, host.then_some(&mut logits[..]))?;
+            Executor::Cuda { model: gpu, logits, params, ids } => {
+                // the device chooses every token unless a row needs the host (bias, penalties,
+                // logprobs): then every row's logits come back and the host samples
+                let plain = owner.iter().all(|&i| seqs[i].sampler.is_plain_argmax());
+                params.clear();
+                params.extend(owner.iter().map_while(|&i| seqs[i].sampler.device_params()));
+                let on_device =
+                    plain || (params.len() == owner.len() && owner.len() <= gpu.max_sampled_rows());
+                let chosen = match (plain, on_device) {
+                    (true, _) => gpu.forward(batch, None, None)?,
+                    (false, true) => gpu.forward(batch, Some(params), None)?,
+                    (false, false) => gpu.forward(batch, None, Some(&mut logits[..]))?,
+                };
+                ids.clear();
+                ids.extend_from_slice(chosen);
                 for (row, &i) in owner.iter().enumerate() {
                     let seq = &mut *seqs[i];
-                    // the device's argmax where the sampler is a plain argmax, else the host sampler
-                    let sampled = if seq.sampler.is_plain_argmax() {
-                        seq.sampler.take_argmax(ids[row])
+                    let id = ids[row];
+                    let row_logits = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+                    let sampled = if on_device && id != cuda::HOST_ROW {
+                        seq.sampler.take_device_token(id)
                     } else {
-                        let row_logits = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+                        if on_device {
+                            // too many candidates near the cut for the device's sort
+                            gpu.logits_row(row, row_logits)?;
+                        }
                         seq.sampler.sample(row_logits, TokenHistory::split(&seq.tokens, seq.n_prompt))
                     };
                     seq.push_sampled(sampled);
@@ -146,8 +171,8 @@ impl Executor {
             Executor::Cpu { kv, scratch } => {
                 out.extend_from_slice(pool.install(|| model.forward(batch, kv, scratch)))
             }
-            Executor::Cuda { model: gpu, logits } => {
-                gpu.forward(batch, Some(&mut logits[..]))?;
+            Executor::Cuda { model: gpu, logits, .. } => {
+                gpu.forward(batch, None, Some(&mut logits[..]))?;
                 out.extend_from_slice(&logits[..batch.logit_rows.len() * model.config.vocab_size]);
             }
         }

@@ -1,21 +1,26 @@
 //! Choosing a token from a row of (processed) logits: argmax, the truncations min-p → top-k →
-//! top-p (vLLM's order), inverse-CDF sampling, and the log-softmax helpers for logprobs.
+//! top-p (vLLM's order), the seeded draw, and the log-softmax helpers for logprobs.
 //!
-//! The kept set is defined by rank: tokens ordered by logit, descending, ties broken by lower id.
-//! - min-p keeps tokens with `p ≥ min_p · p_max`, i.e. `logit − max ≥ ln(min_p)`;
-//! - top-k keeps the first `k` of those;
-//! - top-p keeps the shortest prefix of those whose probability (renormalized over the set that
-//!   min-p and top-k left) reaches `top_p`: a token is kept iff the mass ranked before it is below
-//!   `top_p` (HF's and vLLM's rule). The most likely token always survives.
+//! Sampling is specified in exact arithmetic so that the CUDA sampler (`kernels/sample.cu`)
+//! picks the same token from the same logits, whatever the batch and however a device splits
+//! the row. With `M` the largest logit (already divided by the temperature):
+//! - a token is a candidate iff `d = M − l` (one f32 subtraction) is at most
+//!   [`MAX_DISTANCE`] and at most `−ln(min_p)` (min-p: `p ≥ min_p · p_max`); NaN and −∞ never are;
+//! - its weight is the integer [`weight`]`(d)` ≈ `2⁴⁰ · e^(−d)`, computed with a fixed sequence of
+//!   correctly rounded f32 operations (the device performs the same ones, unfused), so weights
+//!   are bit-identical on every backend and every sum of them is exact in `u64`;
+//! - rank order is higher logit first, lower id on ties; top-k keeps the first `k` candidates;
+//! - top-p keeps a candidate iff the weight ranked before it is below `top_p` (as the 32-bit
+//!   fraction [`top_p_fraction`]) of the top-k set's total: exactly, with 128-bit products. The
+//!   most likely token always survives;
+//! - the draw: the 53 high bits `u` of the request's 64-bit random number give the target
+//!   `⌊u · S / 2⁵³⌋` for the kept set's total `S`, and the token is the first kept one **in
+//!   ascending id order** whose running weight exceeds it.
 //!
-//! Sampling then walks the kept tokens **in ascending id order** with weights `exp(logit − max)`
-//! (f32 `exp`, f64 running sum) and returns the first token whose running sum exceeds `u · total`
-//! for a uniform `u ∈ [0, 1)`. The order is fixed by ids, not by how the CPU happened to partition
-//! the candidates, so the same `(logits, u)` picks the same token on any backend.
-//!
-//! Top-k uses a partial selection (`select_nth_unstable`, O(n)); top-p sorts the candidates in
-//! growing chunks (64, 256, 1024, …) and stops once the mass is reached, so neither fully sorts a
-//! 150k vocabulary when the distribution is peaked.
+//! Tokens with `e^(−d)` below `e^−27 ≈ 1.9·10⁻¹²` of the best are never drawn. Top-k uses a
+//! partial selection (`select_nth_unstable`, O(n)); top-p sorts the candidates in growing chunks
+//! (64, 256, 1024, …) and stops once the mass is reached, so neither fully sorts a 150k
+//! vocabulary when the distribution is peaked.
 
 use std::cmp::Ordering;
 
@@ -75,77 +80,135 @@ pub(crate) fn top_n(logits: &[f32], n: usize, out: &mut Vec<(f32, u32)>) {
     }
 }
 
-/// Draws from the distribution `softmax(w)` over `(logit, id)` pairs given in walking order;
-/// `None` when every weight is zero.
-fn inverse_cdf<I>(cands: I, max: f32, u: f64) -> Option<u32>
-where
-    I: Iterator<Item = (f32, u32)> + Clone,
-{
-    let weight = |l: f32| (l - max).exp() as f64;
-    let total: f64 = cands.clone().map(|(l, _)| weight(l)).sum();
-    let target = u * total;
-    let mut cum = 0.0;
-    let mut last = None;
-    for (l, id) in cands {
-        let w = weight(l);
-        if w > 0.0 {
-            cum += w;
-            last = Some(id);
-            if cum > target {
-                return last;
-            }
-        }
+/// Candidates lie at most this far below the best logit (in nats, after the temperature); the
+/// device sampler bins the distances `0..=MAX_DISTANCE`.
+pub const MAX_DISTANCE: f32 = 27.0;
+
+/// `log₂ e` and the Taylor coefficients `(−ln 2)ᵏ / k!` of `2^(−f)`, as exact f32 bit patterns
+/// (kernels/sample.cu uses the same bits).
+const LOG2_E: u32 = 0x3fb8_aa3b;
+const EXP2_NEG: [u32; 7] =
+    [0x3f80_0000, 0xbf31_7218, 0x3e75_fdf0, 0xbd63_5847, 0x3c1d_955b, 0xbaae_c3ff, 0x3921_8489];
+
+/// The integer weight `⌊2⁴⁰ · 2^(−d·log₂e)⌋` of a candidate `d` nats below the best,
+/// `0 ≤ d ≤ MAX_DISTANCE` (relative error below 2·10⁻⁶, from rounding `y`). Every step is one correctly rounded f32
+/// operation, in this order, so the device reproduces it bit for bit: `y = d·log₂e`,
+/// `n = ⌊y + ½⌋`, `f = y − n ∈ [−½, ½]`, Horner's degree-6 polynomial for `2^(−f)`, times
+/// `2^(40−n)` (exact), truncated to an integer. At most `2⁴⁰` (at `d = 0`) and at least 2.
+pub fn weight(d: f32) -> u64 {
+    debug_assert!((0.0..=MAX_DISTANCE).contains(&d));
+    let y = d * f32::from_bits(LOG2_E);
+    let n = (y + 0.5).floor();
+    let f = y - n;
+    let mut p = f32::from_bits(EXP2_NEG[6]);
+    for &c in EXP2_NEG[..6].iter().rev() {
+        p = p * f + f32::from_bits(c);
     }
-    last // only reached through rounding when u is just below 1
+    let scale = f32::from_bits(((127 + 40 - n as i32) as u32) << 23);
+    (p * scale) as u64
 }
 
-/// Min-p, top-k and top-p truncation and sampling, with a reusable candidate buffer.
+/// `top_p` as the fraction `⌊top_p · 2³² + ½⌋` of the mass that top-p keeps, in `1..2³²`
+/// (`0`: off, when `top_p ≥ 1`).
+pub fn top_p_fraction(top_p: f32) -> u32 {
+    if top_p >= 1.0 {
+        return 0;
+    }
+    ((top_p as f64 * 4_294_967_296.0).round() as u64).clamp(1, u32::MAX as u64) as u32
+}
+
+/// The largest distance below the best logit that min-p keeps: `min(MAX_DISTANCE, −ln min_p)`.
+pub fn min_p_distance(min_p: f32) -> f32 {
+    if min_p > 0.0 {
+        MAX_DISTANCE.min(-min_p.ln())
+    } else {
+        MAX_DISTANCE
+    }
+}
+
+/// The running weight the draw must exceed: `⌊u · total / 2⁵³⌋` for the 53 high bits `u` of
+/// `draw`; below `total` whenever `total > 0`.
+pub fn draw_target(draw: u64, total: u64) -> u64 {
+    (((draw >> 11) as u128 * total as u128) >> 53) as u64
+}
+
+/// The first `(id, weight)` whose running weight exceeds `target`, walking in the given order.
+fn walk(cands: impl Iterator<Item = (u32, u64)>, target: u64) -> Option<u32> {
+    let mut cum = 0u64;
+    for (id, w) in cands {
+        cum += w;
+        if cum > target {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Min-p, top-k and top-p truncation and the seeded draw, with a reusable candidate buffer.
 #[derive(Debug, Clone)]
 pub(crate) struct Selector {
     top_k: usize,
-    top_p: f32,
-    min_p: f32,
-    /// `(logit, id)` candidates; capacity `n_vocab` when a filter is on, so pushes never allocate.
+    /// [`top_p_fraction`] (0: off).
+    top_p: u32,
+    /// [`min_p_distance`].
+    max_d: f32,
+    /// `(logit, id)` candidates; capacity `n_vocab` when top-k or top-p is on, so pushes never
+    /// allocate.
     cand: Vec<(f32, u32)>,
 }
 
 impl Selector {
     pub(crate) fn new(top_k: usize, top_p: f32, min_p: f32, n_vocab: usize) -> Self {
-        let mut s = Selector { top_k, top_p, min_p, cand: Vec::new() };
-        if s.filters() {
+        let mut s =
+            Selector { top_k, top_p: top_p_fraction(top_p), max_d: min_p_distance(min_p), cand: Vec::new() };
+        if s.ranks() {
             s.cand.reserve_exact(n_vocab);
         }
         s
     }
 
-    fn filters(&self) -> bool {
-        self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
+    /// Whether the kept set depends on rank (top-k or top-p), not only on the distance.
+    fn ranks(&self) -> bool {
+        self.top_k > 0 || self.top_p > 0
     }
 
-    /// Samples a token from `logits` (already divided by the temperature) with the uniform `u`.
-    pub(crate) fn sample(&mut self, logits: &[f32], u: f64) -> u32 {
+    /// The parameters as the device sampler reads them: `(top_k, top-p fraction, max distance)`.
+    pub(crate) fn device_params(&self) -> (u32, u32, f32) {
+        (self.top_k.min(u32::MAX as usize) as u32, self.top_p, self.max_d)
+    }
+
+    /// Samples a token from `logits` (already divided by the temperature) with the 64 random
+    /// bits `draw`.
+    pub(crate) fn sample(&mut self, logits: &[f32], draw: u64) -> u32 {
         let max = max_logit(logits);
-        if max == f32::NEG_INFINITY {
-            return argmax(logits); // everything masked: nothing to sample from
+        if !max.is_finite() {
+            return argmax(logits); // everything masked, or +∞: nothing to weigh
         }
-        let picked = if self.filters() {
+        let max_d = self.max_d;
+        let picked = if self.ranks() {
             let kept = self.truncate(logits, max);
-            inverse_cdf(kept.iter().copied(), max, u)
+            let weighed = kept.iter().map(|&(l, id)| (id, weight(max - l)));
+            let total = weighed.clone().map(|c| c.1).sum();
+            walk(weighed, draw_target(draw, total))
         } else {
-            let all = logits.iter().enumerate().map(|(i, &l)| (l, i as u32));
-            inverse_cdf(all.filter(|(l, _)| *l > f32::NEG_INFINITY), max, u)
+            // every candidate is kept: two passes over the row in id order, no buffer
+            let weighed = logits.iter().enumerate().filter_map(|(i, &l)| {
+                let d = max - l;
+                (d <= max_d).then(|| (i as u32, weight(d)))
+            });
+            let total = weighed.clone().map(|c| c.1).sum();
+            walk(weighed, draw_target(draw, total))
         };
-        picked.unwrap_or_else(|| argmax(logits))
+        picked.expect("the best logit is a candidate of positive weight")
     }
 
     /// The tokens that survive min-p, top-k and top-p as `(logit, id)`, in ascending id order.
-    /// `max` is the largest logit.
+    /// `max` is the largest logit (finite).
     pub(crate) fn truncate(&mut self, logits: &[f32], max: f32) -> &[(f32, u32)] {
-        let ln_min_p = if self.min_p > 0.0 { self.min_p.ln() } else { f32::NEG_INFINITY };
         self.cand.clear();
         for (i, &l) in logits.iter().enumerate() {
             // also drops −∞ (masked) and NaN
-            if l > f32::NEG_INFINITY && l - max >= ln_min_p {
+            if max - l <= self.max_d {
                 self.cand.push((l, i as u32));
             }
         }
@@ -155,7 +218,7 @@ impl Selector {
             self.cand.truncate(self.top_k);
             reordered = true;
         }
-        if self.top_p < 1.0 {
+        if self.top_p > 0 {
             let keep = top_p_len(&mut self.cand, max, self.top_p);
             self.cand.truncate(keep);
             reordered = true;
@@ -167,12 +230,13 @@ impl Selector {
     }
 }
 
-/// Reorders `cand` so that its first `n` entries are the top-p set in rank order, and returns `n`.
-fn top_p_len(cand: &mut [(f32, u32)], max: f32, top_p: f32) -> usize {
-    let weight = |c: &(f32, u32)| (c.0 - max).exp() as f64;
-    let total: f64 = cand.iter().map(weight).sum();
-    let target = top_p as f64 * total;
-    let mut cum = 0.0;
+/// Reorders `cand` so that its first `n` entries are the top-p set in rank order, and returns `n`:
+/// a candidate is kept iff `2³² · (weight ranked before it) < top_p · (total weight)`.
+fn top_p_len(cand: &mut [(f32, u32)], max: f32, top_p: u32) -> usize {
+    let w = |c: &(f32, u32)| weight(max - c.0);
+    let total: u64 = cand.iter().map(w).sum();
+    let target = top_p as u128 * total as u128;
+    let mut before = 0u64;
     let mut done = 0;
     let mut chunk = 64;
     while done < cand.len() {
@@ -183,10 +247,10 @@ fn top_p_len(cand: &mut [(f32, u32)], max: f32, top_p: f32) -> usize {
         }
         cand[done..end].sort_unstable_by(by_rank);
         for (i, c) in cand[done..end].iter().enumerate() {
-            cum += weight(c);
-            if cum >= target {
-                return done + i + 1;
+            if (before as u128) << 32 >= target {
+                return done + i;
             }
+            before += w(c);
         }
         done = end;
         chunk *= 4;
@@ -276,17 +340,50 @@ mod tests {
         assert_eq!(kept(0.9), vec![0, 1, 2, 3]);
     }
 
+    /// The 64-bit draw whose 53 high bits are `u · 2⁵³`.
+    fn draw(u: f64) -> u64 {
+        ((u * (1u64 << 53) as f64) as u64) << 11
+    }
+
     #[test]
     fn sampling_walks_ids_in_order() {
         // equal weights: u in [0, 1/3) → 0, [1/3, 2/3) → 1, else 2
         let mut s = Selector::new(0, 1.0, 0.0, 3);
-        assert_eq!(s.sample(&[0.0; 3], 0.0), 0);
-        assert_eq!(s.sample(&[0.0; 3], 0.34), 1);
-        assert_eq!(s.sample(&[0.0; 3], 0.999_999), 2);
+        assert_eq!(s.sample(&[0.0; 3], draw(0.0)), 0);
+        assert_eq!(s.sample(&[0.0; 3], draw(0.34)), 1);
+        assert_eq!(s.sample(&[0.0; 3], draw(0.999_999)), 2);
+        assert_eq!(s.sample(&[0.0; 3], u64::MAX), 2);
         // masked tokens are never drawn
-        assert_eq!(s.sample(&[f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], 0.999), 1);
+        assert_eq!(s.sample(&[f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], draw(0.999)), 1);
         let mut k = Selector::new(2, 1.0, 0.0, 3);
-        assert_eq!(k.sample(&[0.0, 0.0, 0.0], 0.999), 1);
+        assert_eq!(k.sample(&[0.0, 0.0, 0.0], draw(0.999)), 1);
+        // nothing more than MAX_DISTANCE below the best is ever drawn
+        assert_eq!(s.sample(&[0.0, -27.5, -26.0], u64::MAX), 2);
+    }
+
+    #[test]
+    fn weight_is_two_to_the_forty_times_exp() {
+        assert_eq!(weight(0.0), 1 << 40);
+        let mut last = u64::MAX;
+        for i in 0..=2700 {
+            let d = i as f32 / 100.0;
+            let w = weight(d);
+            let exact = (-(d as f64)).exp() * (1u64 << 40) as f64;
+            assert!((w as f64 - exact).abs() <= exact * 2e-6 + 1.0, "d {d}: {w} vs {exact}");
+            assert!(w <= last, "weights fall with the distance");
+            last = w;
+        }
+        assert!(weight(MAX_DISTANCE) >= 2);
+    }
+
+    #[test]
+    fn top_p_fraction_and_min_p_distance() {
+        assert_eq!(top_p_fraction(1.0), 0);
+        assert_eq!(top_p_fraction(0.5), 1 << 31);
+        assert_eq!(top_p_fraction(1e-12), 1);
+        assert_eq!(min_p_distance(0.0), MAX_DISTANCE);
+        assert_eq!(min_p_distance(1.0), 0.0);
+        assert_eq!(min_p_distance(0.5), 2f32.ln());
     }
 
     proptest! {

@@ -9,9 +9,10 @@
 //! 1. raw logprobs, if requested: log-softmax of the logits as the model produced them;
 //! 2. logit bias, then repetition, presence and frequency penalties (`penalties`);
 //! 3. greedy (temperature below `1e-5`): the argmax, lowest id on ties; otherwise
-//! 4. logits / temperature → min-p → top-k → top-p → one inverse-CDF draw ([`logits`]) with a
-//!    uniform number from the request's counter-based RNG ([`rng`]): draw `i` for output token `i`,
-//!    so a seed reproduces a generation exactly.
+//! 4. logits / temperature → min-p → top-k → top-p → one draw in exact integer arithmetic
+//!    ([`logits`]) with the 64 random bits of the request's counter-based RNG ([`rng`]): draw `i`
+//!    for output token `i`, so a seed reproduces a generation exactly — on the CPU, and on a GPU
+//!    that samples the same logits on the device ([`Sampler::device_params`]).
 //!
 //! A sampler allocates its scratch buffers (`n_vocab` entries for each feature in use) once, in
 //! [`Sampler::new`]; [`Sampler::sample`] then allocates nothing unless logprobs are requested.
@@ -95,6 +96,26 @@ impl FinishReason {
             FinishReason::Error => "error",
         }
     }
+}
+
+/// One request's sampling as a device reads it: what [`Sampler::sample`] does without bias,
+/// penalties or logprobs, reduced to numbers (see [`logits`] for their meaning).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceParams {
+    /// Argmax of the raw logits (the other fields are then unused).
+    pub greedy: bool,
+    /// The logits are divided by it.
+    pub temperature: f32,
+    /// Top-k (0: off).
+    pub top_k: u32,
+    /// [`logits::top_p_fraction`] (0: off).
+    pub top_p: u32,
+    /// [`logits::min_p_distance`].
+    pub max_distance: f32,
+    /// The RNG's seed.
+    pub seed: u64,
+    /// The index of this token's draw.
+    pub counter: u64,
 }
 
 /// One request's sampler: the processors its [`SamplingParams`] turn on, their scratch buffers and
@@ -189,7 +210,7 @@ impl Sampler {
             penalties.apply(logits, history);
         }
         // one draw per token, greedy or not, so that draw i always belongs to token i
-        let u = self.rng.next_f64();
+        let draw = self.rng.next_u64();
         let id = if self.greedy {
             argmax(logits)
         } else {
@@ -197,7 +218,7 @@ impl Sampler {
                 let t = self.temperature;
                 logits.iter_mut().for_each(|l| *l /= t);
             }
-            self.selector.sample(logits, u)
+            self.selector.sample(logits, draw)
         };
         let Some(n) = self.logprobs else {
             return SampledToken { id, logprob: None, top_logprobs: None };
@@ -219,11 +240,32 @@ impl Sampler {
         self.greedy && self.bias.is_empty() && self.penalties.is_none() && self.logprobs.is_none()
     }
 
-    /// Takes the token a device chose by argmax (only when [`Sampler::is_plain_argmax`]), drawing
-    /// from the RNG as [`Sampler::sample`] does so later draws stay aligned with their tokens.
-    pub fn take_argmax(&mut self, id: u32) -> SampledToken {
-        debug_assert!(self.is_plain_argmax());
-        let _ = self.rng.next_f64();
+    /// The request as a device sampler reads it (kernels/sample.cu), or `None` when sampling
+    /// needs the host: logit bias, penalties or logprobs. The counter is the index of the next
+    /// draw, i.e. of the token being generated, so the device draws what [`Sampler::sample`]
+    /// would.
+    pub fn device_params(&self) -> Option<DeviceParams> {
+        if !(self.bias.is_empty() && self.penalties.is_none() && self.logprobs.is_none()) {
+            return None;
+        }
+        let (top_k, top_p, max_distance) = self.selector.device_params();
+        Some(DeviceParams {
+            greedy: self.greedy,
+            temperature: self.temperature,
+            top_k,
+            top_p,
+            max_distance,
+            seed: self.rng.seed(),
+            counter: self.rng.counter(),
+        })
+    }
+
+    /// Takes the token a device chose (only when [`Sampler::device_params`] is `Some`, or for a
+    /// device argmax when [`Sampler::is_plain_argmax`]), drawing from the RNG as
+    /// [`Sampler::sample`] does so later draws stay aligned with their tokens.
+    pub fn take_device_token(&mut self, id: u32) -> SampledToken {
+        debug_assert!(self.device_params().is_some());
+        let _ = self.rng.next_u64();
         SampledToken { id, logprob: None, top_logprobs: None }
     }
 

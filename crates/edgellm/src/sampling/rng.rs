@@ -12,9 +12,16 @@
 //! which is exactly the `i`-th output of Steele, Lea & Flood's SplitMix64 seeded with `s` (the
 //! generator of Java's `SplittableRandom`, also used to seed xoshiro). Because each draw depends only
 //! on `(seed, i)`, a GPU kernel reproduces draw `i` without carrying generator state, and the result
-//! cannot change with the version of a crate. A uniform number in `[0, 1)` takes the top 53 bits:
-//! `(x >> 11) · 2⁻⁵³`. The sampler makes one draw per generated token, so `i` is the index of the
-//! token in the output.
+//! cannot change with the version of a crate. The sampler makes one draw per generated token, so
+//! `i` is the index of the token in the output, and uses its 53 high bits (`logits::draw_target`).
+//!
+//! Why SplitMix64 and not Philox4x32-10 (cuRAND's counter-based generator): a token needs one
+//! 64-bit number, not Philox's four 32-bit ones; SplitMix64 is three multiply/xor-shift rounds
+//! (cheap in one thread per row on a GPU, where 64-bit multiplies are a few instructions) and
+//! passes BigCrush; and it is the generator the CPU sampler already used, so the random numbers
+//! of seeded requests did not change when the GPU started sampling (only the exact-arithmetic
+//! draw of `logits` did, which picks the old token except within ~10⁻⁷ of a boundary).
+//! The device twin is `splitmix64` in `backend/cuda/kernels/sample.cu`.
 
 /// SplitMix64's increment, the odd integer closest to 2⁶⁴ / φ.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -232,3 +232,84 @@ fn token_history_split() {
     assert_eq!((h.prompt, h.generated), (&[1, 2, 3][..], &[4][..]));
     assert_eq!(TokenHistory::split(&tokens, 9).generated, &[] as &[u32]);
 }
+
+/// The distribution the sampler should draw from, computed the plain way in f64: softmax of
+/// `logits / t` over the top-k tokens, cut to the shortest rank prefix holding `top_p` of it.
+fn truncated_softmax(logits: &[f32], t: f32, top_k: usize, top_p: f64) -> Vec<f64> {
+    let scaled: Vec<f64> = logits.iter().map(|&l| (l / t) as f64).collect();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+    order.truncate(if top_k == 0 { logits.len() } else { top_k });
+    let max = scaled[order[0]];
+    let total: f64 = order.iter().map(|&i| (scaled[i] - max).exp()).sum();
+    let mut p = vec![0.0; logits.len()];
+    let mut before = 0.0;
+    for &i in &order {
+        if before >= top_p {
+            break;
+        }
+        p[i] = (scaled[i] - max).exp() / total;
+        before += p[i];
+    }
+    let kept: f64 = p.iter().sum();
+    p.iter().map(|x| x / kept).collect()
+}
+
+#[test]
+fn seeded_frequencies_match_the_truncated_softmax() {
+    // a fixed seed: the frequencies are deterministic, the tolerance is what makes the test
+    // meaningful (4.5 standard deviations of each frequency, plus the weights' 2e-6)
+    let logits = [1.0, 2.0, 0.5, -1.0, 1.5, 0.0, 2.5, -0.5];
+    let draws = 40_000;
+    for (t, k, top_p) in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.8), (0.9, 5, 0.7)] {
+        let p = params(|p| (p.temperature, p.top_k, p.top_p, p.seed) = (t, k, top_p, Some(77)));
+        let got = frequencies(&p, &logits, draws);
+        let want = truncated_softmax(&logits, t, k, top_p as f64);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            if w == 0.0 {
+                assert_eq!(g, 0.0, "T {t} k {k} p {top_p}: token {i} is outside the kept set");
+            }
+            let sd = (w * (1.0 - w) / draws as f64).sqrt();
+            assert!((g - w).abs() <= 4.5 * sd + 1e-5, "T {t} k {k} p {top_p}: token {i}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn top_k_never_picks_outside_the_k_best() {
+    for seed in 0..20 {
+        let logits = random_logits(seed, 500);
+        let mut best: Vec<usize> = (0..500).collect();
+        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let p = params(|p| (p.top_k, p.seed) = (7, Some(seed)));
+        let mut s = Sampler::new(&p, 500).unwrap();
+        for _ in 0..200 {
+            let id = s.sample(&mut logits.clone(), TokenHistory::default()).id as usize;
+            assert!(best[..7].contains(&id), "seed {seed}: {id} is not among the 7 best");
+        }
+    }
+}
+
+#[test]
+fn device_params_say_what_the_sampler_does() {
+    let p = params(|p| (p.temperature, p.top_k, p.top_p, p.min_p, p.seed) = (0.8, 40, 0.5, 0.1, Some(9)));
+    let mut s = Sampler::new(&p, 100).unwrap();
+    let d = s.device_params().unwrap();
+    assert_eq!(
+        (d.greedy, d.temperature, d.top_k, d.top_p, d.seed, d.counter),
+        (false, 0.8, 40, 1 << 31, 9, 0)
+    );
+    assert_eq!(d.max_distance, -(0.1f32.ln()));
+    s.take_device_token(3);
+    assert_eq!(s.device_params().unwrap().counter, 1, "the next token's draw");
+    // bias, penalties and logprobs need the host
+    for host in [
+        params(|p| _ = p.logit_bias.insert(1, 1.0)),
+        params(|p| p.repetition_penalty = 1.1),
+        params(|p| p.frequency_penalty = 0.5),
+        params(|p| p.logprobs = Some(0)),
+    ] {
+        assert!(Sampler::new(&host, 100).unwrap().device_params().is_none(), "{host:?}");
+    }
+    assert!(Sampler::new(&SamplingParams::greedy(), 100).unwrap().device_params().unwrap().greedy);
+}

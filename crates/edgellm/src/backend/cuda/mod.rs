@@ -6,9 +6,18 @@
 //! architecture at first use ([`compile`], cached on disk). [`CudaModel`] holds the weights, the
 //! paged KV pool and every buffer on the device; decode steps replay CUDA graphs.
 
+/// `gpu.launch(name, grid, block, shmem, args)` with each argument passed by address.
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr, $shmem:expr; $($arg:expr),* $(,)?) => {
+        $gpu.launch(&$name, $grid, $block, $shmem, &mut [$(&$arg as *const _ as *mut std::ffi::c_void),*])
+    };
+}
+
 pub mod compile;
 mod gpu;
 mod model;
+mod sample;
 
 pub use gpu::{allocations, arch_name, device_count, free_memory, CudaOptions};
 pub use model::{CudaLimits, CudaModel, MAX_GEMV_TOKENS};
+pub use sample::{StandaloneSampler, HOST_ROW};

@@ -3,19 +3,20 @@
 //!
 //! Everything is allocated in [`CudaModel::new`]: weights, the KV pool, the activation arena for
 //! `max_tokens` tokens, the step inputs and the sampling buffers. A step copies its inputs
-//! (tokens, positions, block tables) into fixed device buffers, runs the layers, samples greedy
-//! ids on the device and reads back only those (and the logits rows when a host sampler needs
+//! (tokens, positions, block tables, sampling parameters) into fixed device buffers, runs the
+//! layers, chooses each row's token on the device (argmax, or the request's sampling:
+//! `sample.rs`) and reads back only those ids (and the logits rows when a host sampler needs
 //! them). Steps of up to [`MAX_GEMV_TOKENS`] tokens that all need logits (decode) are captured
 //! once per token count as a CUDA graph and replayed; larger steps (prefill) run eagerly with
 //! cuBLASLt GEMMs and tensor-core attention.
 
-use std::ffi::c_void;
-
 use super::gpu::{CudaOptions, DevBuf, Gpu, Graph};
+use super::sample::{self, DeviceSampler, SAMPLE_WORDS};
 use crate::backend::cpu::{Matrix, MatrixData};
 use crate::config::{Activation, LayerAttention, ModelConfig};
 use crate::kv::KvShape;
 use crate::model::{ForwardBatch, Model};
+use crate::sampling::DeviceParams;
 use crate::{Error, Result};
 
 /// Most tokens a step may have for the GEMV kernels and graph capture (`gemv_*_n1..n8`).
@@ -24,12 +25,6 @@ pub const MAX_GEMV_TOKENS: usize = 8;
 const ARGMAX_SPLITS: usize = 32;
 /// Most split-K partitions of decode attention.
 const MAX_SPLITS: usize = 16;
-
-macro_rules! launch {
-    ($gpu:expr, $name:expr, $grid:expr, $block:expr, $shmem:expr; $($arg:expr),* $(,)?) => {
-        $gpu.launch(&$name, $grid, $block, $shmem, &mut [$(&$arg as *const _ as *mut c_void),*])
-    };
-}
 
 struct LayerBufs {
     sliding: bool,
@@ -68,12 +63,13 @@ struct Arena {
     cand: DevBuf,     // f32 [R, ARGMAX_SPLITS] then i32 [R, ARGMAX_SPLITS]: each split's best logit
     row_done: DevBuf, // i32 [R] argmax splits finished (0 between steps)
     // step inputs, one copy per step: u32 [tokens T | positions T | token_seq T | logit_rows R |
-    // tables max_seqs × max_blocks]
+    // sampling parameters max_seqs × SAMPLE_WORDS | tables max_seqs × max_blocks]
     inputs: DevBuf,
     tokens: u64,
     positions: u64,
     token_seq: u64,
     logit_rows: u64,
+    sampling: u64,
     tables: u64,
 }
 
@@ -94,7 +90,8 @@ pub struct CudaModel {
     max_rows: usize,
     max_seqs: usize,
     max_blocks: usize,
-    graphs: Vec<Option<Graph>>, // by token count - 1
+    graphs: Vec<Option<Graph>>, // by token count - 1, then the same with device sampling
+    sampler: DeviceSampler,
     use_graphs: bool,
     // the tensor-core prefill attention (`EDGELLM_CUDA_FLASH=0` turns it off, to measure it)
     flash_prefill: bool,
@@ -257,6 +254,8 @@ impl CudaModel {
         let (hidden, q_dim, ffn) = (c.hidden_size, c.q_dim(), c.intermediate_size);
         let qkv_dim = q_dim + 2 * c.kv_dim();
         let max_blocks = limits.max_context.div_ceil(kv.block_size);
+        // device sampling takes up to one row per sequence
+        let sample_words = limits.max_seqs * SAMPLE_WORDS;
         let a = Arena {
             x: DevBuf::new(t * hidden * 4)?,
             h: DevBuf::new(t * hidden * 4)?,
@@ -273,11 +272,12 @@ impl CudaModel {
             ids: DevBuf::new(r * 4)?,
             cand: DevBuf::new(r * ARGMAX_SPLITS * 8)?,
             row_done: gpu.upload(&vec![0i32; r])?,
-            inputs: DevBuf::new((3 * t + r + limits.max_seqs * max_blocks) * 4)?,
+            inputs: DevBuf::new((3 * t + r + sample_words + limits.max_seqs * max_blocks) * 4)?,
             tokens: 0,
             positions: 0,
             token_seq: 0,
             logit_rows: 0,
+            sampling: 0,
             tables: 0,
         };
         let base = a.inputs.ptr();
@@ -287,7 +287,8 @@ impl CudaModel {
             positions: at(t),
             token_seq: at(2 * t),
             logit_rows: at(3 * t),
-            tables: at(3 * t + r),
+            sampling: at(3 * t + r),
+            tables: at(3 * t + r + sample_words),
             ..a
         };
         let out = CudaModel {
@@ -305,11 +306,12 @@ impl CudaModel {
             max_rows: r,
             max_seqs: limits.max_seqs,
             max_blocks,
-            graphs: (0..MAX_GEMV_TOKENS).map(|_| None).collect(),
+            graphs: (0..2 * MAX_GEMV_TOKENS).map(|_| None).collect(),
+            sampler: DeviceSampler::new(&gpu, limits.max_seqs)?,
             use_graphs: opts.graphs,
             flash_prefill: std::env::var("EDGELLM_CUDA_FLASH").map_or(true, |v| v != "0"),
             gemv_kernel: GemvKernel::for_engine(limits.max_seqs)?,
-            staging: vec![0; 3 * t + r + limits.max_seqs * max_blocks],
+            staging: vec![0; 3 * t + r + sample_words + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
         };
@@ -337,10 +339,18 @@ impl CudaModel {
         self.gpu.memory_in_use()
     }
 
-    /// Runs one step: writes the batch's keys and values into the device KV pool, samples the
-    /// argmax of each logit row on the device and returns those ids. With `logits`, the rows'
-    /// logits (`[rows, vocab]`) are copied there too.
-    pub fn forward(&mut self, batch: &ForwardBatch<'_>, logits: Option<&mut [f32]>) -> Result<&[u32]> {
+    /// Runs one step: writes the batch's keys and values into the device KV pool, chooses a
+    /// token for each logit row on the device and returns those ids: the argmax, or with
+    /// `sampling` (one entry per row) what the CPU sampler would choose from the same logits
+    /// ([`sample::HOST_ROW`] where the device leaves the row to the host: see
+    /// [`CudaModel::logits_row`]). With `logits`, the rows' logits (`[rows, vocab]`) are copied
+    /// there too.
+    pub fn forward(
+        &mut self,
+        batch: &ForwardBatch<'_>,
+        sampling: Option<&[DeviceParams]>,
+        logits: Option<&mut [f32]>,
+    ) -> Result<&[u32]> {
         let n = batch.tokens.len();
         let r = batch.logit_rows.len();
         let n_seqs = batch.block_table_offsets.len().saturating_sub(1);
@@ -361,7 +371,22 @@ impl CudaModel {
         st[t..t + n].copy_from_slice(batch.positions);
         st[2 * t..2 * t + n].copy_from_slice(batch.token_seq);
         st[3 * t..3 * t + r].copy_from_slice(batch.logit_rows);
-        let tables = 3 * t + rr;
+        if let Some(params) = sampling {
+            if params.len() != r || r > self.max_seqs {
+                return Err(Error::Invalid {
+                    what: "sampling",
+                    why: format!(
+                        "{} parameter sets for {r} rows (the device samples at most {})",
+                        params.len(),
+                        self.max_seqs
+                    ),
+                });
+            }
+            for (p, words) in params.iter().zip(st[3 * t + rr..].chunks_mut(SAMPLE_WORDS)) {
+                sample::encode(p, words);
+            }
+        }
+        let tables = 3 * t + rr + self.max_seqs * SAMPLE_WORDS;
         for s in 0..n_seqs {
             let (lo, hi) = (batch.block_table_offsets[s] as usize, batch.block_table_offsets[s + 1] as usize);
             if hi - lo > self.max_blocks {
@@ -374,18 +399,20 @@ impl CudaModel {
         }
         self.gpu.htod(self.a.inputs.ptr(), &st[..tables + n_seqs * self.max_blocks])?;
 
+        let sampled = sampling.is_some();
         if self.use_graphs && n <= MAX_GEMV_TOKENS && r == n {
-            if self.graphs[n - 1].is_none() {
+            let g = n - 1 + MAX_GEMV_TOKENS * sampled as usize;
+            if self.graphs[g].is_none() {
                 self.gpu.begin_capture()?;
-                let enqueued = self.enqueue(n, r, n_seqs);
+                let enqueued = self.enqueue(n, r, n_seqs, sampled);
                 let graph = self.gpu.end_capture();
                 enqueued?;
-                self.graphs[n - 1] = Some(graph?);
+                self.graphs[g] = Some(graph?);
             }
-            let graph = self.graphs[n - 1].as_ref().expect("captured above");
+            let graph = self.graphs[g].as_ref().expect("captured above");
             self.gpu.replay(graph)?;
         } else {
-            self.enqueue(n, r, n_seqs)?;
+            self.enqueue(n, r, n_seqs, sampled)?;
         }
         if r > 0 {
             self.gpu.dtoh(&mut self.host_ids[..r], self.a.ids.ptr())?;
@@ -397,8 +424,21 @@ impl CudaModel {
         Ok(&self.host_ids[..r])
     }
 
-    /// Enqueues a whole step of `n` tokens of `n_seqs` sequences and `r` logit rows on the stream.
-    fn enqueue(&self, n: usize, r: usize, n_seqs: usize) -> Result<()> {
+    /// Most rows a step may sample on the device (one per sequence).
+    pub fn max_sampled_rows(&self) -> usize {
+        self.max_seqs
+    }
+
+    /// Copies logit row `row` of the last step (`vocab` values) into `out`.
+    pub fn logits_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        let vocab = self.cfg.vocab_size;
+        self.gpu.dtoh(&mut out[..vocab], self.a.logits.ptr() + (row * vocab * 4) as u64)
+    }
+
+    /// Enqueues a whole step of `n` tokens of `n_seqs` sequences and `r` logit rows on the
+    /// stream, choosing the rows' tokens by argmax or, when `sampled`, by the sampling
+    /// parameters in the step's inputs.
+    fn enqueue(&self, n: usize, r: usize, n_seqs: usize, sampled: bool) -> Result<()> {
         let c = &self.cfg;
         let (g, a, dt) = (&self.gpu, &self.a, self.dt);
         let (hidden, hd) = (c.hidden_size as i32, c.head_dim as i32);
@@ -469,13 +509,16 @@ impl CudaModel {
         if r == 0 {
             return Ok(());
         }
-        // final norm and LM head for the requested rows, then greedy ids
+        // final norm and LM head for the requested rows, then the ids: greedy or sampled
         let ru = r as u32;
         launch!(g, format!("rmsnorm_{dt}"), (ru, 1), 1024, 0;
             a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows, hidden, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let cap = c.final_logit_softcapping.unwrap_or(0.0);
         self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), c.vocab_size, c.hidden_size, cap)?;
+        if sampled {
+            return self.sampler.enqueue(g, a.logits.ptr(), c.vocab_size, r, a.sampling, a.ids.ptr());
+        }
         let cand_i = a.cand.ptr() + (r * ARGMAX_SPLITS * 4) as u64;
         launch!(g, "argmax_f32", (ru, ARGMAX_SPLITS as u32), 256, 0;
             a.logits.ptr(), c.vocab_size as i32, a.cand.ptr(), cand_i, a.row_done.ptr(), a.ids.ptr())
