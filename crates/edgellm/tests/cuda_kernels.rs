@@ -557,3 +557,103 @@ fn check_cache_write(what: &str, pool: &[f32], want: &[f32], fp8_scale: Option<f
     }
     assert!(same * 1000 >= total * 995, "{what}: only {same}/{total} codes equal fp8::encode's");
 }
+
+/// The activations a 16-bit model's kernels read (`store_act`): fp16 bits, or bf16 high halves
+/// followed by the low halves (`x − hi`); and the values they stand for.
+fn activations(dt: &str, x: &[f32]) -> (Vec<u16>, Vec<f32>) {
+    if dt == "f16" {
+        let bits: Vec<u16> = x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        return (bits.clone(), f16_bits_to_f32(&bits));
+    }
+    let hi: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let lo: Vec<half::bf16> = x.iter().zip(&hi).map(|(&v, h)| half::bf16::from_f32(v - h.to_f32())).collect();
+    let value = hi.iter().zip(&lo).map(|(h, l)| h.to_f32() + l.to_f32()).collect();
+    (hi.iter().chain(&lo).map(|b| b.to_bits()).collect(), value)
+}
+
+#[test]
+fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
+    let Some(k) = kernels() else { return };
+    let mut rng = rng("gemv16");
+    for (dt, format) in [("f16", WeightFormat::F16), ("bf16", WeightFormat::BF16)] {
+        // 2 and 4 warps per row (model.rs `ksplit`: 4 from 4,096 columns)
+        for (rows, cols, ks) in [(300usize, 2048usize, 2i32), (40, 4096, 4)] {
+            let m = Matrix::from_f32(rows, cols, uniform(&mut rng, rows * cols, 0.5)).converted(format);
+            let bits: Vec<u16> = match &m.data {
+                MatrixData::F16(v) => v.iter().map(|h| h.to_bits()).collect(),
+                MatrixData::BF16(v) => v.iter().map(|h| h.to_bits()).collect(),
+                _ => unreachable!(),
+            };
+            let w = k.upload(&bits).unwrap();
+            let mut worst = 0f64;
+            for n in 1..=8 {
+                let (xa, xv) = activations(dt, &uniform(&mut rng, n * cols, 1.0));
+                let x = k.upload(&xa).unwrap();
+                let want = reference_matmul(&m, &xv, n);
+                for cap in [0.0f32, 3.0] {
+                    let out = k.poisoned(n * rows * 4).unwrap();
+                    let args = [
+                        Arg::Ptr(w.ptr()),
+                        Arg::Ptr(x.ptr()),
+                        Arg::Ptr(out.ptr()),
+                        Arg::I32(rows as i32),
+                        Arg::I32(cols as i32),
+                        Arg::F32(cap),
+                        Arg::I32(ks),
+                    ];
+                    let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
+                    // SAFETY: gemv_<dt>_n<n>(w, x, out, rows, in, cap, ksplit) as model.rs launches it.
+                    unsafe { k.launch(&format!("gemv_{dt}_n{n}"), grid, 128, 0, &args).unwrap() };
+                    let capped: Vec<f64> = want
+                        .iter()
+                        .map(|&v| if cap > 0.0 { cap as f64 * (v / cap as f64).tanh() } else { v })
+                        .collect();
+                    let what = format!("gemv_{dt}_n{n} {rows}x{cols} cap {cap}");
+                    worst = worst.max(rel_err(&what, &k.download(&out, n * rows).unwrap(), &capped, 1e-4));
+                }
+                // the fused gate/up over the same matrix as [gate; up]
+                let ffn = rows / 2;
+                let out = k.poisoned(2 * n * ffn * 2).unwrap();
+                let args = [
+                    Arg::Ptr(w.ptr()),
+                    Arg::Ptr(x.ptr()),
+                    Arg::Ptr(out.ptr()),
+                    Arg::I32(ffn as i32),
+                    Arg::I32(cols as i32),
+                    Arg::I32(0),
+                    Arg::I32(ks),
+                ];
+                let grid = ((ffn as u32 * ks as u32).div_ceil(4), 1);
+                // SAFETY: gemv_gated_<dt>_n<n>(w, x, out, rows, in, act, ksplit) as model.rs launches it.
+                unsafe { k.launch(&format!("gemv_gated_{dt}_n{n}"), grid, 128, 0, &args).unwrap() };
+                let gu: Vec<f32> = (0..n)
+                    .flat_map(|t| (0..ffn).chain(ffn..2 * ffn).map(move |r| (t, r)))
+                    .map(|(t, r)| want[t * rows + r] as f32)
+                    .collect();
+                let mut act = vec![0f32; n * ffn];
+                for t in 0..n {
+                    ops::gated_act(
+                        &gu[t * 2 * ffn..(t + 1) * 2 * ffn],
+                        ffn,
+                        edgellm::config::Activation::Silu,
+                        &mut act[t * ffn..(t + 1) * ffn],
+                    );
+                }
+                let h: Vec<u16> = k.download(&out, 2 * n * ffn).unwrap();
+                let got: Vec<f32> = if dt == "f16" {
+                    f16_bits_to_f32(&h[..n * ffn])
+                } else {
+                    let b = |v: u16| half::bf16::from_bits(v).to_f32();
+                    (0..n * ffn).map(|i| b(h[i]) + b(h[n * ffn + i])).collect()
+                };
+                worst = worst.max(rel_err(
+                    &format!("gemv_gated_{dt}_n{n} {ffn}x{cols}"),
+                    &got,
+                    &f64s(&act),
+                    2e-3,
+                ));
+            }
+            eprintln!("gemv_{dt} {rows}x{cols}: worst {worst:.2e}");
+        }
+    }
+}
