@@ -18,20 +18,22 @@ pub struct EngineArgs {
     /// Longest sequence, prompt plus generated tokens (0: the model's limit, at most 4096).
     #[arg(short = 'c', long = "ctx", default_value_t = 0)]
     pub max_context: usize,
-    /// Weight storage on the CPU: f32 (exact), bf16 or f16 (half the memory, faster decode),
+    /// Weight storage: f32 (exact; CPU only), bf16 or f16 (half the memory, faster decode),
     /// int8 (per-channel), int4 (groups of 128; int4-gN for groups of N) or fp8 (E4M3,
-    /// per-channel), quantized at load. Engine packages (`edgellm export`) load as stored.
+    /// per-channel), quantized at load; every format but f32 also runs on CUDA. Engine packages
+    /// (`edgellm export`) load as stored.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightFormat,
     /// Most tokens per forward pass (prompt chunk size).
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
-    /// Where to run: auto (a CUDA GPU when present and --dtype is f16 or bf16, else the CPU),
+    /// Where to run: auto (a CUDA GPU when present and --dtype is not f32, else the CPU),
     /// cpu, cuda or cuda:N. Asking for CUDA where there is none is an error.
     #[arg(long, default_value = "auto")]
     pub device: Device,
     /// KV-cache element type: auto (f32 on the CPU, f16 on CUDA), f32, f16, bf16 or fp8
-    /// (E4M3 with the package's calibrated per-tensor scales).
+    /// (E4M3, half of f16's memory, with the package's calibrated per-tensor scales
+    /// `layers.N.kv_scale`; on CUDA a layer without one uses 1.0, values saturating at +-448).
     #[arg(long, default_value = "auto")]
     pub kv_dtype: KvDtype,
     /// Run every CUDA decode step eagerly instead of replaying captured CUDA graphs.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use edgellm::backend::Device;
-use edgellm::engine::{Engine, EngineConfig};
+use edgellm::engine::{Engine, EngineConfig, KvDtype};
 use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
 use edgellm::{ModelConfig, SamplingParams};
@@ -52,12 +52,15 @@ pub struct BenchArgs {
     /// Batch sizes: sequences generated at once (comma-separated sweep).
     #[arg(short = 'b', long = "batch", value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
-    /// Weight formats (comma-separated sweep): f32, bf16, f16, int8, int4, int4-gN.
+    /// Weight formats (comma-separated sweep): f32, bf16, f16, int8, int4, int4-gN, fp8.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_format)]
     pub dtype: Vec<String>,
     /// Devices (comma-separated sweep): cpu, cuda, cuda:N or auto.
     #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = parse_device)]
     pub device: Vec<String>,
+    /// KV-cache element type: auto, f32, f16, bf16 or fp8 (as `run --kv-dtype`).
+    #[arg(long, default_value = "auto")]
+    pub kv_dtype: KvDtype,
     /// Timed repetitions of each configuration.
     #[arg(short = 'r', long, default_value_t = 3)]
     pub reps: usize,
@@ -271,6 +274,7 @@ fn load(subject: &Subject, dtype: &str, device: &str, threads: usize, args: &Ben
         max_batch_tokens: batch_tokens,
         weight_format: dtype.parse::<WeightFormat>().map_err(anyhow::Error::msg)?,
         device: device.parse::<Device>()?,
+        kv_dtype: args.kv_dtype,
         cuda: crate::engine_args::cuda_options(true),
         ..EngineConfig::default()
     };

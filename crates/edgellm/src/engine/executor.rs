@@ -31,46 +31,37 @@ impl Executor {
     /// Allocates the KV pool and buffers on the configured device.
     pub(crate) fn new(model: &Model, cfg: &EngineConfig, kv: KvShape) -> Result<Executor> {
         let max_rows = cfg.max_batch_tokens.max(cfg.max_seqs);
+        // the CUDA backend keeps the KV cache in fp16 or fp8 E4M3
+        let gpu_kv = matches!(cfg.kv_dtype, KvDtype::Auto | KvDtype::F16 | KvDtype::Fp8);
         let on_gpu = match cfg.device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(n),
-            // auto takes the GPU only for the weight formats it runs
-            Device::Auto => (cuda::device_count() > 0
-                && matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16))
-            .then_some(0),
+            // auto takes the GPU for every weight format it runs (all but f32)
+            Device::Auto => {
+                (cuda::device_count() > 0 && cfg.weight_format != WeightFormat::F32 && gpu_kv).then_some(0)
+            }
         };
-        // each backend runs one KV element type so far; say so rather than silently use another
-        let runs = if on_gpu.is_some() { KvDtype::F16 } else { KvDtype::F32 };
-        if !matches!(cfg.kv_dtype, KvDtype::Auto) && cfg.kv_dtype != runs {
+        // each backend runs the KV element types it has; say so rather than silently use another
+        let cpu_kv = matches!(cfg.kv_dtype, KvDtype::Auto | KvDtype::F32);
+        if !(if on_gpu.is_some() { gpu_kv } else { cpu_kv }) {
+            let (backend, has) = if on_gpu.is_some() { ("CUDA", "f16 or fp8") } else { ("CPU", "f32") };
             return Err(Error::Invalid {
                 what: "kv dtype",
-                why: format!(
-                    "the {} backend keeps the KV cache in {runs:?}, not {:?}",
-                    if on_gpu.is_some() { "CUDA" } else { "CPU" },
-                    cfg.kv_dtype
-                ),
+                why: format!("the {backend} backend keeps the KV cache in {has}, not {:?}", cfg.kv_dtype),
             });
         }
         let Some(ordinal) = on_gpu else {
             let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
             return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch: Box::new(scratch) });
         };
-        if !matches!(cfg.weight_format, WeightFormat::F16 | WeightFormat::BF16) {
-            return Err(Error::Invalid {
-                what: "dtype",
-                why: format!(
-                    "the CUDA backend runs f16 or bf16 weights, not {:?}; pass --dtype f16",
-                    cfg.weight_format
-                ),
-            });
-        }
         let limits = CudaLimits {
             max_tokens: cfg.max_batch_tokens,
             max_rows,
             max_seqs: cfg.max_seqs.max(1),
             max_context: cfg.max_context(),
         };
-        let gpu = CudaModel::new(model, kv, limits, ordinal, &cfg.cuda)?;
+        let kv_fp8 = cfg.kv_dtype == KvDtype::Fp8;
+        let gpu = CudaModel::new(model, kv, kv_fp8, limits, ordinal, &cfg.cuda)?;
         let logits = vec![0.0; max_rows * model.config.vocab_size];
         let (params, ids) = (Vec::with_capacity(max_rows), Vec::with_capacity(max_rows));
         Ok(Executor::Cuda { model: Box::new(gpu), logits, params, ids })

@@ -93,3 +93,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
         }
     })
 }
+
+/// A kernel cache for the CUDA tests, so NVRTC compiles the kernels once per run rather than once
+/// per engine (entries are keyed by source hash, arch and NVRTC version: never stale).
+pub fn kernel_cache() -> PathBuf {
+    std::env::temp_dir().join("edgellm-test-kernels")
+}

@@ -11,12 +11,14 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
-/// The kernel sources in compile order (`common.cuh` first: the others use its helpers).
-pub const SOURCES: [(&str, &str); 7] = [
+/// The kernel sources in compile order (`common.cuh` and `fp8.cuh` first: the others use their helpers).
+pub const SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
+    ("fp8.cuh", include_str!("kernels/fp8.cuh")),
     ("norm.cu", include_str!("kernels/norm.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("gemv_rows.cu", include_str!("kernels/gemv_rows.cu")),
+    ("quant.cu", include_str!("kernels/quant.cu")),
     ("rope_kv.cu", include_str!("kernels/rope_kv.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("sample.cu", include_str!("kernels/sample.cu")),

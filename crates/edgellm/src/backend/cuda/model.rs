@@ -1,5 +1,7 @@
 //! The forward pass on the GPU: the CPU [`Model`]'s plan (model/transformer.rs) with the same
-//! paged KV layout and block tables, over fp16 or bf16 weights (the KV cache is fp16 for both).
+//! paged KV layout and block tables, over fp16 or bf16 weights, or int8 / int4 / fp8 ones
+//! ([`GpuMatrix`]; a model with any matrix not in bf16 runs fp16 activations). The KV cache is
+//! fp16, or fp8 E4M3 with the layers' per-tensor `kv_scale`s (1.0 where the model has none).
 //!
 //! Everything is allocated in [`CudaModel::new`]: weights, the KV pool, the activation arena for
 //! `max_tokens` tokens, the step inputs and the sampling buffers. A step copies its inputs
@@ -11,6 +13,7 @@
 //! cuBLASLt GEMMs and tensor-core attention.
 
 use super::gpu::{CudaOptions, DevBuf, Gpu, Graph};
+use super::qweights::{Format, GpuMatrix, MAX_GEMV_TOKENS};
 use super::sample::{self, DeviceSampler, SAMPLE_WORDS};
 use crate::backend::cpu::{Matrix, MatrixData};
 use crate::config::{Activation, LayerAttention, ModelConfig};
@@ -19,8 +22,6 @@ use crate::model::{ForwardBatch, Model};
 use crate::sampling::DeviceParams;
 use crate::{Error, Result};
 
-/// Most tokens a step may have for the GEMV kernels and graph capture (`gemv_*_n1..n8`).
-pub const MAX_GEMV_TOKENS: usize = 8;
 /// Blocks per logit row of the argmax (kernels/sample.cu).
 const ARGMAX_SPLITS: usize = 32;
 /// Most split-K partitions of decode attention.
@@ -29,18 +30,19 @@ const MAX_SPLITS: usize = 16;
 struct LayerBufs {
     sliding: bool,
     attn_norm: DevBuf,              // f32 [hidden]
-    wqkv: DevBuf,                   // [q_dim + 2·kv_dim, hidden]
+    wqkv: GpuMatrix,                // [q_dim + 2·kv_dim, hidden]
     bqkv: Option<DevBuf>,           // f32 [q_dim + 2·kv_dim]
     q_norm: Option<DevBuf>,         // f32 [head_dim]
     k_norm: Option<DevBuf>,         // f32 [head_dim]
-    wo: DevBuf,                     // [hidden, q_dim]
+    wo: GpuMatrix,                  // [hidden, q_dim]
     post_attn_norm: Option<DevBuf>, // f32 [hidden]
     ffn_norm: DevBuf,               // f32 [hidden]
-    w_gate_up: DevBuf,              // [2·intermediate, hidden]
-    w_down: DevBuf,                 // [hidden, intermediate]
+    w_gate_up: GpuMatrix,           // [2·intermediate, hidden]
+    w_down: GpuMatrix,              // [hidden, intermediate]
     post_ffn_norm: Option<DevBuf>,  // f32 [hidden]
-    k_cache: DevBuf,                // [n_blocks, n_kv_heads, block_size, head_dim]
+    k_cache: DevBuf,                // [n_blocks, n_kv_heads, block_size, head_dim] fp16 or fp8
     v_cache: DevBuf,
+    kv_scale: [f32; 2], // fp8 cache: stored = value / scale (K, V)
 }
 
 /// Activations for one step, sized for `max_tokens` tokens and `max_rows` logit rows. Those
@@ -62,6 +64,7 @@ struct Arena {
     ids: DevBuf,      // i32 [R] argmax of each row
     cand: DevBuf,     // f32 [R, ARGMAX_SPLITS] then i32 [R, ARGMAX_SPLITS]: each split's best logit
     row_done: DevBuf, // i32 [R] argmax splits finished (0 between steps)
+    wscratch: DevBuf, // fp16 [wscratch_len] a quantized matrix dequantized for a prefill GEMM
     // step inputs, one copy per step: u32 [tokens T | positions T | token_seq T | logit_rows R |
     // sampling parameters max_seqs × SAMPLE_WORDS | tables max_seqs × max_blocks]
     inputs: DevBuf,
@@ -78,10 +81,12 @@ pub struct CudaModel {
     gpu: Gpu,
     cfg: ModelConfig,
     kv: KvShape,
-    dt: &'static str, // kernel suffix of the storage type: "f16" | "bf16"
-    embed: DevBuf,
+    dt: &'static str, // kernel suffix of the activation type: "f16" | "bf16"
+    kv_fp8: bool,     // the KV cache holds fp8 E4M3 codes
+    embed: GpuMatrix,
     embed_scale: f32,
-    lm_head: Option<DevBuf>,
+    lm_head: Option<GpuMatrix>,
+    wscratch_len: usize,
     final_norm: DevBuf,
     rope: [DevBuf; 2], // inv_freq of full and sliding layers
     layers: Vec<LayerBufs>,
@@ -181,29 +186,39 @@ pub struct CudaLimits {
     pub max_context: usize,
 }
 
-fn matrix_bytes(m: &Matrix) -> Result<(&[u8], bool)> {
-    match &m.data {
-        MatrixData::F16(v) => Ok((bytemuck::cast_slice(v), false)),
-        MatrixData::BF16(v) => Ok((bytemuck::cast_slice(v), true)),
-        _ => Err(Error::Invalid {
-            what: "dtype",
-            why: "the CUDA backend runs f16 or bf16 weights; pass --dtype f16 or --dtype bf16".into(),
-        }),
+/// The activation type: bf16 when every projection matrix is bf16 (the plain bf16 kernels),
+/// otherwise fp16, which the quantized kernels read.
+fn activation_type(model: &Model) -> &'static str {
+    let bf16 = |m: &Matrix| matches!(m.data, MatrixData::BF16(_));
+    let layers =
+        model.layers.iter().all(|l| bf16(&l.wqkv) && bf16(&l.wo) && bf16(&l.w_gate_up) && bf16(&l.w_down));
+    if layers && bf16(model.lm_head.as_ref().unwrap_or(&model.embed)) {
+        "bf16"
+    } else {
+        "f16"
     }
 }
 
 impl CudaModel {
-    /// Uploads `model` to device `ordinal` and allocates the KV pool of `kv` and every buffer
-    /// for `limits`.
+    /// Uploads `model` to device `ordinal` and allocates the KV pool of `kv` (fp8 E4M3 with
+    /// `kv_fp8`, else fp16) and every buffer for `limits`.
     pub fn new(
         model: &Model,
         kv: KvShape,
+        kv_fp8: bool,
         limits: CudaLimits,
         ordinal: usize,
         opts: &CudaOptions,
     ) -> Result<Self> {
         let c = &model.config;
-        let (_, bf16) = matrix_bytes(&model.embed)?;
+        let dt = activation_type(model);
+        let bf16 = dt == "bf16";
+        if !matches!(model.embed.data, MatrixData::F16(_) | MatrixData::BF16(_)) {
+            return Err(Error::Invalid {
+                what: "dtype",
+                why: "the CUDA backend gathers embeddings from an f16 or bf16 table; pass --dtype".into(),
+            });
+        }
         for (what, d) in [
             ("hidden_size", c.hidden_size),
             ("intermediate_size", c.intermediate_size),
@@ -219,15 +234,12 @@ impl CudaModel {
             }
         }
         let gpu = Gpu::new(ordinal, opts)?;
-        let mat = |m: &Matrix| -> Result<DevBuf> {
-            let (bytes, b) = matrix_bytes(m)?;
-            debug_assert_eq!(b, bf16);
-            gpu.upload(bytes)
-        };
+        let mat = |m: &Matrix| GpuMatrix::upload(&gpu, m);
         let vec = |v: &[f32]| gpu.upload(v);
         let opt = |v: &Option<Vec<f32>>| v.as_deref().map(vec).transpose();
         let elt = 2; // bytes of a storage element
         let act_elt = if bf16 { 2 * elt } else { elt }; // bf16 activations carry a low half
+        let kv_elt = if kv_fp8 { 1 } else { 2 };
         let layers = model
             .layers
             .iter()
@@ -245,8 +257,9 @@ impl CudaModel {
                     w_gate_up: mat(&l.w_gate_up)?,
                     w_down: mat(&l.w_down)?,
                     post_ffn_norm: opt(&l.post_ffn_norm)?,
-                    k_cache: DevBuf::new(kv.layer_len() * elt)?,
-                    v_cache: DevBuf::new(kv.layer_len() * elt)?,
+                    k_cache: DevBuf::new(kv.layer_len() * kv_elt)?,
+                    v_cache: DevBuf::new(kv.layer_len() * kv_elt)?,
+                    kv_scale: l.kv_scale.unwrap_or([1.0, 1.0]),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -256,6 +269,15 @@ impl CudaModel {
         let max_blocks = limits.max_context.div_ceil(kv.block_size);
         // device sampling takes up to one row per sequence
         let sample_words = limits.max_seqs * SAMPLE_WORDS;
+        // the largest layer matrix that a prefill GEMM reads dequantized (the LM head, when not
+        // native, goes by the GEMV instead: GpuMatrix::matmul)
+        let wscratch_len = layers
+            .iter()
+            .flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down])
+            .filter(|m| !m.is_native(dt))
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0);
         let a = Arena {
             x: DevBuf::new(t * hidden * 4)?,
             h: DevBuf::new(t * hidden * 4)?,
@@ -272,6 +294,7 @@ impl CudaModel {
             ids: DevBuf::new(r * 4)?,
             cand: DevBuf::new(r * ARGMAX_SPLITS * 8)?,
             row_done: gpu.upload(&vec![0i32; r])?,
+            wscratch: DevBuf::new(wscratch_len * 2)?,
             inputs: DevBuf::new((3 * t + r + sample_words + limits.max_seqs * max_blocks) * 4)?,
             tokens: 0,
             positions: 0,
@@ -301,7 +324,9 @@ impl CudaModel {
             a,
             cfg: c.clone(),
             kv,
-            dt: if bf16 { "bf16" } else { "f16" },
+            dt,
+            kv_fp8,
+            wscratch_len,
             max_tokens: t,
             max_rows: r,
             max_seqs: limits.max_seqs,
@@ -443,23 +468,33 @@ impl CudaModel {
         let (g, a, dt) = (&self.gpu, &self.a, self.dt);
         let (hidden, hd) = (c.hidden_size as i32, c.head_dim as i32);
         let (n_heads, n_kv) = (c.num_attention_heads as i32, c.num_key_value_heads as i32);
-        let (q_dim, kv_dim, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let ffn = c.intermediate_size;
         let eps = c.rms_norm_eps;
         let opt = |b: &Option<DevBuf>| b.as_ref().map_or(0u64, |b| b.ptr());
         let nu = n as u32;
 
-        // embed
-        launch!(g, format!("embed_{dt}"), (nu, 1), 1024, 0; a.tokens, self.embed.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
+        // embed (the table's own type: bf16 in a quantized model whose activations are fp16)
+        let table = if self.embed.format == Format::BF16 { "bf16" } else { "f16" };
+        launch!(g, format!("embed_{table}"), (nu, 1), 1024, 0; a.tokens, self.embed.w.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
         let first = &self.layers[0];
         launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 1024, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
         for (li, l) in self.layers.iter().enumerate() {
             // QKV projection, then bias, q/k norms, RoPE and the KV write in one kernel
-            self.matmul(a.hn.ptr(), n, &l.wqkv, a.qkv.ptr(), q_dim + 2 * kv_dim, c.hidden_size, 0.0)?;
+            self.matmul(a.hn.ptr(), n, &l.wqkv, a.qkv.ptr(), 0.0)?;
             let n_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) as u32;
-            launch!(g, format!("rope_kv_{dt}"), (nu, n_rows), hd as u32, 0;
-                a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
-                a.positions, a.token_seq, a.tables, self.max_blocks as i32,
-                l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
+            let [k_scale, v_scale] = l.kv_scale;
+            if self.kv_fp8 {
+                launch!(g, format!("rope_kv_fp8_{dt}"), (nu, n_rows), hd as u32, 0;
+                    a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
+                    a.positions, a.token_seq, a.tables, self.max_blocks as i32,
+                    l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps,
+                    k_scale, v_scale)?;
+            } else {
+                launch!(g, format!("rope_kv_{dt}"), (nu, n_rows), hd as u32, 0;
+                    a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
+                    a.positions, a.token_seq, a.tables, self.max_blocks as i32,
+                    l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
+            }
             // attend over cached keys
             let window = if l.sliding { c.sliding_window.unwrap_or(0) as i32 } else { 0 };
             let cap = c.attn_logit_softcapping.unwrap_or(0.0);
@@ -470,38 +505,50 @@ impl CudaModel {
             } else {
                 1
             };
-            // prompts on tensor cores where the head size has a kernel and the tokens are not
-            // mostly single decode rows of many sequences (a block makes a pass per sequence)
+            // prompts on tensor cores where the head size has a kernel, the cache is fp16 and the
+            // tokens are not mostly single decode rows of many sequences (a block makes a pass per
+            // sequence)
             let flash = self.flash_prefill
+                && !self.kv_fp8
                 && n > MAX_GEMV_TOKENS
                 && matches!(c.head_dim, 64 | 128)
                 && n >= 16 * n_seqs;
+            let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
+            let grid = (nu * n_heads as u32, splits as u32);
             if flash {
                 let tiles = n.div_ceil(PREFILL_TILE) as u32;
                 launch!(g, format!("attention_prefill_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
                     c.attn_scale(), window, cap)?;
-            } else {
-                let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
-                launch!(g, format!("attention_{dt}"), (nu * n_heads as u32, splits as u32), 256, shmem;
+            } else if self.kv_fp8 {
+                // fp8 codes decode as value / 256 (kernels/fp8.cuh)
+                let (k_mul, v_mul) = (k_scale * 256.0, v_scale * 256.0);
+                launch!(g, format!("attention_fp8kv_{dt}"), grid, 256, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
-                    self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd,
-                    self.kv.block_size as i32, c.attn_scale(), window, cap)?;
+                    self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
+                    c.attn_scale(), window, cap, k_mul, v_mul)?;
+            } else {
+                launch!(g, format!("attention_{dt}"), grid, 256, shmem;
+                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
+                    self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
+                    c.attn_scale(), window, cap)?;
             }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
-            self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), c.hidden_size, q_dim, 0.0)?;
+            self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), 0.0)?;
             launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
                 a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
             // MLP: fused gate/up with the activation, down projection
-            if n <= MAX_GEMV_TOKENS {
-                self.gemv(Epilogue::Gated, a.hn.ptr(), n, &l.w_gate_up, a.act.ptr(), (ffn, c.hidden_size))?;
+            if n <= MAX_GEMV_TOKENS && !l.w_gate_up.is_native(dt) {
+                l.w_gate_up.gemv_gated(g, a.hn.ptr(), n, a.act.ptr(), self.act_code())?;
+            } else if n <= MAX_GEMV_TOKENS {
+                self.gemv(Epilogue::Gated, a.hn.ptr(), n, &l.w_gate_up.w, a.act.ptr(), (ffn, c.hidden_size))?;
             } else {
                 self.gemm(a.hn.ptr(), &l.w_gate_up, a.gate_up.ptr(), (n, 2 * ffn, c.hidden_size))?;
                 launch!(g, format!("gated_act_{dt}"), ((ffn as u32).div_ceil(256), nu), 256, 0;
                     a.gate_up.ptr(), a.act.ptr(), ffn as i32, self.act_code())?;
             }
-            self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), c.hidden_size, ffn, 0.0)?;
+            self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), 0.0)?;
             let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
             launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
                 a.x.ptr(), a.h.ptr(), opt(&l.post_ffn_norm), next_norm, a.hn.ptr(), hidden, eps)?;
@@ -515,7 +562,7 @@ impl CudaModel {
             a.x.ptr(), self.final_norm.ptr(), a.rows.ptr(), a.logit_rows, hidden, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let cap = c.final_logit_softcapping.unwrap_or(0.0);
-        self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), c.vocab_size, c.hidden_size, cap)?;
+        self.matmul(a.rows.ptr(), r, head, a.logits.ptr(), cap)?;
         if sampled {
             return self.sampler.enqueue(g, a.logits.ptr(), c.vocab_size, r, a.sampling, a.ids.ptr());
         }
@@ -525,12 +572,16 @@ impl CudaModel {
     }
 
     /// `out[n, m] = x[n, k] · wᵀ` in fp32 by cuBLAS, `x` activations: under bf16, the high and
-    /// the low halves are two products summed in `out`.
-    fn gemm(&self, x: u64, w: &DevBuf, out: u64, (n, m, k): (usize, usize, usize)) -> Result<()> {
+    /// the low halves are two products summed in `out`. A matrix not in the activation type is
+    /// dequantized to fp16 first ([`GpuMatrix::matmul`]).
+    fn gemm(&self, x: u64, w: &GpuMatrix, out: u64, (n, m, k): (usize, usize, usize)) -> Result<()> {
+        if !w.is_native(self.dt) {
+            return w.matmul(&self.gpu, x, n, out, 0.0, (self.a.wscratch.ptr(), self.wscratch_len));
+        }
         let bf16 = self.dt == "bf16";
-        self.gpu.gemm(bf16, x, w.ptr(), out, (n, m, k), false)?;
+        self.gpu.gemm(bf16, x, w.w.ptr(), out, (n, m, k), false)?;
         if bf16 {
-            self.gpu.gemm(bf16, x + (n * k * 2) as u64, w.ptr(), out, (n, m, k), true)?;
+            self.gpu.gemm(bf16, x + (n * k * 2) as u64, w.w.ptr(), out, (n, m, k), true)?;
         }
         Ok(())
     }
@@ -576,18 +627,13 @@ impl CudaModel {
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
     /// up to [`MAX_GEMV_TOKENS`] tokens, cuBLAS above.
-    fn matmul(
-        &self,
-        x: u64,
-        n: usize,
-        w: &DevBuf,
-        out: u64,
-        rows: usize,
-        cols: usize,
-        cap: f32,
-    ) -> Result<()> {
+    fn matmul(&self, x: u64, n: usize, w: &GpuMatrix, out: u64, cap: f32) -> Result<()> {
+        let (dt, rows, cols) = (self.dt, w.rows, w.cols);
+        if !w.is_native(dt) {
+            return w.matmul(&self.gpu, x, n, out, cap, (self.a.wscratch.ptr(), self.wscratch_len));
+        }
         if n <= MAX_GEMV_TOKENS {
-            return self.gemv(Epilogue::Plain { cap }, x, n, w, out, (rows, cols));
+            return self.gemv(Epilogue::Plain { cap }, x, n, &w.w, out, (rows, cols));
         }
         self.gemm(x, w, out, (n, rows, cols))?;
         if cap > 0.0 {

@@ -3,7 +3,9 @@
 // cache, first = max(0, pos + 1 - window) on sliding layers. This step's keys and values are
 // already in the cache (rope_kv runs first).
 //
-// q: fp32 [n_tokens, n_heads * head_dim]; cache fp16 [n_blocks, n_kv_heads, block_size, head_dim];
+// q: fp32 [n_tokens, n_heads * head_dim]; cache fp16 [n_blocks, n_kv_heads, block_size, head_dim]
+// (`attention_fp8kv_*`: fp8 E4M3 codes read 8 per 8-byte load, k_mul / v_mul the per-tensor
+// scales times 256, fp8.cuh);
 // out: activations (`store_act`) [n_tokens, n_heads * head_dim].
 // Launch: grid (n_tokens * n_heads, n_splits), 256 threads (head_dim <= 256, a multiple of 8),
 // dynamic shared memory (head_dim + 256 + 256 * 8) * 4 bytes. Split-K ("flash decoding"): split z of n_splits
@@ -18,11 +20,11 @@
 // and prefill 423 -> 550 us per Llama-3.2-1B layer under ncu, NOTES.md v5); one dim per thread
 // for the value sum, a chain of dependent 2-byte loads (llama-3.2-1b decode 568 tok/s).
 
-template <class W>
-__device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_cache, const int* positions,
-                               const int* token_seq, const int* tables, int max_blocks, u16* out, float* part,
-                               int* done, int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
-                               float cap) {
+template <class W, class KV>
+__device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
+                               const int* positions, const int* token_seq, const int* tables, int max_blocks, u16* out,
+                               float* part, int* done, int n_heads, int n_kv_heads, int head_dim, int block_size,
+                               float scale, int window, float cap, float k_mul, float v_mul) {
     extern __shared__ float sh[];
     pdl_start();
     float* qs = sh;                   // [head_dim]
@@ -52,16 +54,16 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
         float s = NEG_INF;
         if (j < end) {
             int blk = table[j / block_size];
-            const uint4* k = (const uint4*)(k_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + j % block_size) * head_dim);
+            const typename KV::T* k = k_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + j % block_size) * head_dim;
             float dot = 0.f;
 #pragma unroll 8
             for (int v = 0; v < vecs; v++) {
                 float kf[8];
-                unpack8<F16>(k[v], kf);
+                KV::load8(k + v * 8, kf);
 #pragma unroll
                 for (int e = 0; e < 8; e++) dot += kf[e] * qs[v * 8 + e];
             }
-            s = softcap(dot * scale, cap);
+            s = softcap(dot * k_mul * scale, cap);
         }
         float m_new = fmaxf(m, block_max(s));
         float w = j < end ? expf(s - m_new) : 0.f;
@@ -77,9 +79,8 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
             for (int i = g; i < n; i += groups) {
                 int jj = c + i;
                 int blk = table[jj / block_size];
-                uint4 raw = *((const uint4*)(v_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + jj % block_size) * head_dim) + dv);
                 float vf[8];
-                unpack8<F16>(raw, vf);
+                KV::load8(v_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + jj % block_size) * head_dim + dv * 8, vf);
                 float pi = p[i];
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[e] += pi * vf[e];
@@ -96,6 +97,7 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
     if (threadIdx.x < head_dim) {
         float a = 0.f;
         for (int gg = 0; gg < groups; gg++) a += red[gg * head_dim + threadIdx.x];
+        a *= v_mul;
         if (n_splits == 1) {
             store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)gridDim.x * head_dim,
                          l > 0.f ? a / l : 0.f);
@@ -141,8 +143,16 @@ __device__ void attention_impl(const float* q, const u16* k_cache, const u16* v_
                                                 int max_blocks, u16* out, float* part, int* done, int n_heads,  \
                                                 int n_kv_heads, int head_dim, int block_size, float scale,      \
                                                 int window, float cap) {                                        \
-        attention_impl<W>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done,       \
-                          n_heads, n_kv_heads, head_dim, block_size, scale, window, cap);                       \
+        attention_impl<W, KvF16>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
+                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, 1.f, 1.f);      \
+    }                                                                                                          \
+    extern "C" __global__ void attention_fp8kv_##NAME(                                                         \
+        const float* q, const unsigned char* k_cache, const unsigned char* v_cache, const int* positions,      \
+        const int* token_seq, const int* tables, int max_blocks, u16* out, float* part, int* done, int n_heads, \
+        int n_kv_heads, int head_dim, int block_size, float scale, int window, float cap, float k_mul,         \
+        float v_mul) {                                                                                         \
+        attention_impl<W, KvFp8>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
+                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, k_mul, v_mul);  \
     }
 
 ATTN_KERNELS(f16, F16)

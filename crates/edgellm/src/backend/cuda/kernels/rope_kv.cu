@@ -4,18 +4,20 @@
 //
 // qkv: fp32 [n_tokens, (n_heads + 2 * n_kv_heads) * head_dim], from the QKV projection.
 // Cache: [n_blocks, n_kv_heads, block_size, head_dim] per layer, fp16 under fp16 and bf16
-// weights alike (bf16's 8-bit significand cost the fixtures' logits more than fp16's range). Block tables are
+// weights alike (bf16's 8-bit significand cost the fixtures' logits more than fp16's range), or
+// fp8 E4M3 (`rope_kv_fp8_*`: stored = value / k_scale or / v_scale, per tensor). Block tables are
 // padded: sequence s's table is tables[s * max_blocks ..]. Angles are `float(pos) * inv_freq[i]`
 // with full-precision sincosf, as the CPU reference computes them.
 // Launch: grid (n_tokens, n_heads + 2 * n_kv_heads), head_dim threads (a multiple of 32, at most
 // 256): one block per head. Tried first: one block per token walking every head (16.7 us per
 // decode layer of Llama-3.2-1B under ncu, a single block doing 48 heads' sincosf).
 
-template <class W>
+template <class W, class KV>
 __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q_norm, const float* k_norm,
                              const float* inv_freq, const int* positions, const int* token_seq, const int* tables,
-                             int max_blocks, u16* k_cache, u16* v_cache, float* q_out, int n_heads, int n_kv_heads,
-                             int head_dim, int block_size, float eps) {
+                             int max_blocks, typename KV::T* k_cache, typename KV::T* v_cache, float* q_out,
+                             int n_heads, int n_kv_heads, int head_dim, int block_size, float eps, float k_scale,
+                             float v_scale) {
     __shared__ float head[256];
     pdl_start();
     int t = blockIdx.x, h = blockIdx.y;  // h: q heads, then k heads, then v heads
@@ -35,7 +37,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
     int kvh = is_k ? h - n_heads : h - n_heads - n_kv_heads;
     size_t cache_row = (((size_t)block * n_kv_heads + kvh) * block_size + slot) * head_dim;
     if (!is_q && !is_k) {
-        v_cache[cache_row + d] = F16::from_f(x);
+        KV::store(v_cache + cache_row + d, x, v_scale);
         return;
     }
     head[d] = x;
@@ -48,7 +50,7 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
     if (is_q) {
         q_out[((size_t)t * n_heads + h) * head_dim + d] = y;
     } else {
-        k_cache[cache_row + d] = F16::from_f(y);
+        KV::store(k_cache + cache_row + d, y, k_scale);
     }
 }
 
@@ -58,8 +60,17 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
                                               const int* token_seq, const int* tables, int max_blocks,      \
                                               u16* k_cache, u16* v_cache, float* q_out, int n_heads,        \
                                               int n_kv_heads, int head_dim, int block_size, float eps) {    \
-        rope_kv_impl<W>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks,      \
-                        k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps);           \
+        rope_kv_impl<W, KvF16>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks, \
+                               k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps, 1.f, 1.f); \
+    }                                                                                                      \
+    extern "C" __global__ void rope_kv_fp8_##NAME(                                                         \
+        const float* qkv, const float* bias, const float* q_norm, const float* k_norm, const float* inv_freq, \
+        const int* positions, const int* token_seq, const int* tables, int max_blocks, unsigned char* k_cache, \
+        unsigned char* v_cache, float* q_out, int n_heads, int n_kv_heads, int head_dim, int block_size,    \
+        float eps, float k_scale, float v_scale) {                                                         \
+        rope_kv_impl<W, KvFp8>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks, \
+                               k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps, k_scale, \
+                               v_scale);                                                                   \
     }
 
 ROPE_KERNEL(f16, F16)
