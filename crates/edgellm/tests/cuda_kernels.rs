@@ -12,7 +12,7 @@ mod common;
 
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
-use edgellm::backend::cuda::harness::{Arg, Kernels};
+use edgellm::backend::cuda::harness::{Arg, Epilogue, GemvKernel, Kernels};
 use edgellm::backend::cuda::{self, CudaOptions};
 use edgellm::kv::KvShape;
 use edgellm::quant::{fp8, WeightFormat};
@@ -576,8 +576,11 @@ fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
     let Some(k) = kernels() else { return };
     let mut rng = rng("gemv16");
     for (dt, format) in [("f16", WeightFormat::F16), ("bf16", WeightFormat::BF16)] {
-        // 2 and 4 warps per row (model.rs `ksplit`: 4 from 4,096 columns)
-        for (rows, cols, ks) in [(300usize, 2048usize, 2i32), (40, 4096, 4)] {
+        // both families, each at 2 and 4 warps per row for the CUDA-core one (4 from 4,096 columns)
+        for (family, rows, cols) in [GemvKernel::TensorCores, GemvKernel::Rows]
+            .into_iter()
+            .flat_map(|f| [(f, 300usize, 2048usize), (f, 40, 4096)])
+        {
             let m = Matrix::from_f32(rows, cols, uniform(&mut rng, rows * cols, 0.5)).converted(format);
             let bits: Vec<u16> = match &m.data {
                 MatrixData::F16(v) => v.iter().map(|h| h.to_bits()).collect(),
@@ -592,40 +595,19 @@ fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
                 let want = reference_matmul(&m, &xv, n);
                 for cap in [0.0f32, 3.0] {
                     let out = k.poisoned(n * rows * 4).unwrap();
-                    let args = [
-                        Arg::Ptr(w.ptr()),
-                        Arg::Ptr(x.ptr()),
-                        Arg::Ptr(out.ptr()),
-                        Arg::I32(rows as i32),
-                        Arg::I32(cols as i32),
-                        Arg::F32(cap),
-                        Arg::I32(ks),
-                    ];
-                    let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
-                    // SAFETY: gemv_<dt>_n<n>(w, x, out, rows, in, cap, ksplit) as model.rs launches it.
-                    unsafe { k.launch(&format!("gemv_{dt}_n{n}"), grid, 128, 0, &args).unwrap() };
+                    k.gemv16(family, dt, Epilogue::Plain { cap }, 0, (&x, n), &w, &out, (rows, cols))
+                        .unwrap();
                     let capped: Vec<f64> = want
                         .iter()
                         .map(|&v| if cap > 0.0 { cap as f64 * (v / cap as f64).tanh() } else { v })
                         .collect();
-                    let what = format!("gemv_{dt}_n{n} {rows}x{cols} cap {cap}");
+                    let what = format!("gemv {family:?} {dt} n{n} {rows}x{cols} cap {cap}");
                     worst = worst.max(rel_err(&what, &k.download(&out, n * rows).unwrap(), &capped, 1e-4));
                 }
                 // the fused gate/up over the same matrix as [gate; up]
                 let ffn = rows / 2;
                 let out = k.poisoned(2 * n * ffn * 2).unwrap();
-                let args = [
-                    Arg::Ptr(w.ptr()),
-                    Arg::Ptr(x.ptr()),
-                    Arg::Ptr(out.ptr()),
-                    Arg::I32(ffn as i32),
-                    Arg::I32(cols as i32),
-                    Arg::I32(0),
-                    Arg::I32(ks),
-                ];
-                let grid = ((ffn as u32 * ks as u32).div_ceil(4), 1);
-                // SAFETY: gemv_gated_<dt>_n<n>(w, x, out, rows, in, act, ksplit) as model.rs launches it.
-                unsafe { k.launch(&format!("gemv_gated_{dt}_n{n}"), grid, 128, 0, &args).unwrap() };
+                k.gemv16(family, dt, Epilogue::Gated, 0, (&x, n), &w, &out, (ffn, cols)).unwrap();
                 let gu: Vec<f32> = (0..n)
                     .flat_map(|t| (0..ffn).chain(ffn..2 * ffn).map(move |r| (t, r)))
                     .map(|(t, r)| want[t * rows + r] as f32)
@@ -647,13 +629,13 @@ fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
                     (0..n * ffn).map(|i| b(h[i]) + b(h[n * ffn + i])).collect()
                 };
                 worst = worst.max(rel_err(
-                    &format!("gemv_gated_{dt}_n{n} {ffn}x{cols}"),
+                    &format!("gemv gated {family:?} {dt} n{n} {ffn}x{cols}"),
                     &got,
                     &f64s(&act),
                     2e-3,
                 ));
             }
-            eprintln!("gemv_{dt} {rows}x{cols}: worst {worst:.2e}");
+            eprintln!("gemv {family:?} {dt} {rows}x{cols}: worst {worst:.2e}");
         }
     }
 }

@@ -6,6 +6,8 @@ use std::ffi::c_void;
 
 use super::gpu::{CudaOptions, DevBuf, Gpu};
 use super::qweights::GpuMatrix;
+
+pub use super::model::{Epilogue, GemvKernel};
 use crate::backend::cpu::Matrix;
 use crate::Result;
 
@@ -99,6 +101,25 @@ impl Kernels {
         let sc = DevBuf::new(scratch.max(1) * 2)?;
         w.matmul(&self.gpu, xb.ptr(), n, out.ptr(), cap, (sc.ptr(), scratch))?;
         self.download(&out, n * m.rows)
+    }
+
+    /// The decode GEMV of `family` over 16-bit weights as the model launches it
+    /// (`model::launch_gemv`): `x` holds `n` tokens of activations in `dt`, `out` gets fp32
+    /// `[n, rows]` or, gated, activations `[n, rows]` from `w` = `[gate; up]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv16(
+        &self,
+        family: GemvKernel,
+        dt: &str,
+        epi: Epilogue,
+        act: i32,
+        (x, n): (&Buffer, usize),
+        w: &Buffer,
+        out: &Buffer,
+        shape: (usize, usize),
+    ) -> Result<()> {
+        super::model::launch_gemv(&self.gpu, family, dt, epi, act, (x.ptr(), n), w.ptr(), out.ptr(), shape)?;
+        self.gpu.sync()
     }
 
     /// The fused gate/up GEMV (n ≤ 8): `m` is `[gate; up]` and the result `act(gate) · up`

@@ -121,8 +121,10 @@ fn gemv_layout(rows: usize, cols: usize, gated: bool) -> ((u32, u32), u32) {
 /// (NOTES.md v8c), so an engine for at most [`SMALL_BATCH_SEQS`] sequences takes the latter. One
 /// family serves every batch size of an engine: a token's sums never depend on its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GemvKernel {
+pub enum GemvKernel {
+    /// kernels/gemv.cu: mma over 8-row tiles.
     TensorCores,
+    /// kernels/gemv_rows.cu: 2-4 warps of FMAs per row.
     Rows,
 }
 
@@ -156,11 +158,49 @@ fn rows_ksplit(cols: usize) -> i32 {
     }
 }
 
+/// The decode GEMV of `family` for 16-bit weights `w` in `dt`: `x[n, cols] · wᵀ` over the `rows`
+/// output rows (the gate rows for [`Epilogue::Gated`], activation `act`: 0 SiLU, 1 GELU-tanh)
+/// into `out` as `epi` says. The one place that launches either family, for the model and for
+/// the kernel parity tests.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_gemv(
+    gpu: &Gpu,
+    family: GemvKernel,
+    dt: &str,
+    epi: Epilogue,
+    act: i32,
+    (x, n): (u64, usize),
+    w: u64,
+    out: u64,
+    (rows, cols): (usize, usize),
+) -> Result<()> {
+    let (kind, cap, gated) = match epi {
+        Epilogue::Plain { cap } => ("", cap, false),
+        Epilogue::Gated => ("_gated", 0.0, true),
+    };
+    match family {
+        GemvKernel::TensorCores => {
+            let (grid, threads) = gemv_layout(rows, cols, gated);
+            launch!(gpu, format!("gemv{kind}_{dt}_n{n}"), grid, threads, 0;
+                w, x, out, rows as i32, cols as i32, cap, act)
+        }
+        GemvKernel::Rows => {
+            let ks = rows_ksplit(cols);
+            let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
+            launch!(gpu, format!("gemv_rows{kind}_{dt}_n{n}"), grid, 128, 0;
+                w, x, out, rows as i32, cols as i32, cap, act, ks)
+        }
+    }
+}
+
 /// What a decode GEMV does with its sums (kernels/gemv.cu `EPI_*`).
 #[derive(Clone, Copy)]
-enum Epilogue {
+pub enum Epilogue {
     /// `out` = x·wᵀ in fp32, soft-capped when `cap` > 0.
-    Plain { cap: f32 },
+    Plain {
+        /// Soft cap (0: none).
+        cap: f32,
+    },
     /// `out` = act(gate)·up as activations, `w` being [gate; up].
     Gated,
 }
@@ -594,9 +634,8 @@ impl CudaModel {
         }
     }
 
-    /// The decode GEMV over `n` <= [`MAX_GEMV_TOKENS`] tokens: `x[n, cols] · wᵀ` for the
-    /// `rows` output rows (the gate rows for [`Epilogue::Gated`]), into `out` as `epi` says. The
-    /// one place a weight format picks its GEMV kernel.
+    /// The decode GEMV over `n` <= [`MAX_GEMV_TOKENS`] tokens of this engine's family
+    /// ([`launch_gemv`]).
     fn gemv(
         &self,
         epi: Epilogue,
@@ -604,25 +643,9 @@ impl CudaModel {
         n: usize,
         w: &DevBuf,
         out: u64,
-        (rows, cols): (usize, usize),
+        shape: (usize, usize),
     ) -> Result<()> {
-        let (kind, cap, gated) = match epi {
-            Epilogue::Plain { cap } => ("", cap, false),
-            Epilogue::Gated => ("_gated", 0.0, true),
-        };
-        match self.gemv_kernel {
-            GemvKernel::TensorCores => {
-                let (grid, threads) = gemv_layout(rows, cols, gated);
-                launch!(self.gpu, format!("gemv{kind}_{}_n{n}", self.dt), grid, threads, 0;
-                    w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code())
-            }
-            GemvKernel::Rows => {
-                let ks = rows_ksplit(cols);
-                let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
-                launch!(self.gpu, format!("gemv_rows{kind}_{}_n{n}", self.dt), grid, 128, 0;
-                    w.ptr(), x, out, rows as i32, cols as i32, cap, self.act_code(), ks)
-            }
-        }
+        launch_gemv(&self.gpu, self.gemv_kernel, self.dt, epi, self.act_code(), (x, n), w.ptr(), out, shape)
     }
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
