@@ -33,7 +33,8 @@ pub struct ExportArgs {
     pub awq: bool,
     /// Round int4 weights by GPTQ: each column's rounding error is fed back into the columns
     /// not yet quantized, against the layer's calibration inputs (same int4 format; with or
-    /// without --awq).
+    /// without --awq). Needs a calibration text much longer than the matrices' inputs: with the
+    /// built-in 512 tokens it overfits (Qwen2.5-Coder-0.5B perplexity worse, see BENCHMARKS.md).
     #[arg(long)]
     pub gptq: bool,
     /// Calibration text file for --awq, --gptq and --kv fp8 (default: a built-in mix of prose and
