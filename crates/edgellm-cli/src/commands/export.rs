@@ -33,8 +33,8 @@ pub struct ExportArgs {
     pub awq: bool,
     /// Round int4 weights by GPTQ: each column's rounding error is fed back into the columns
     /// not yet quantized, against the layer's calibration inputs (same int4 format; with or
-    /// without --awq). Needs a calibration text much longer than the matrices' inputs: with the
-    /// built-in 512 tokens it overfits (Qwen2.5-Coder-0.5B perplexity worse, see BENCHMARKS.md).
+    /// without --awq). Gains little with the built-in 512-token text (Qwen2.5-Coder-0.5B int4-AWQ
+    /// perplexity 4.68 -> 4.60, see BENCHMARKS.md); a longer --calib text suits it better.
     #[arg(long)]
     pub gptq: bool,
     /// Calibration text file for --awq, --gptq and --kv fp8 (default: a built-in mix of prose and

@@ -3,7 +3,7 @@
 //! fed back into the columns not yet quantized, weighted by the inverse Hessian of the layer's
 //! calibration inputs, so the *output* error `‖(W − Q)·X‖` is minimised rather than each weight's.
 //!
-//! With `H = XᵀX + λI` (`λ` = 1% of the mean diagonal) and `U` the upper Cholesky factor of
+//! With `H = XᵀX + λI` (`λ` = the mean diagonal) and `U` the upper Cholesky factor of
 //! `H⁻¹`, columns are quantized left to right; after column `j` every row's remaining columns
 //! move by `−err · U[j, j+1..] / U[j, j]`. A group's scale is fixed when its first column is
 //! reached, from the weights as updated by then. Rows are independent given `U`, so they run
@@ -27,8 +27,12 @@ const ROW_CHUNK: usize = 16;
 /// Most columns that share one Hessian.
 const MAX_BLOCK: usize = 1024;
 
-/// Relative damping added to the Hessian's diagonal.
-const DAMP: f64 = 0.01;
+/// Damping added to the Hessian's diagonal, relative to its mean. GPTQ's usual 1% assumes far
+/// more calibration tokens than inputs; with the built-in text's 512 tokens the Hessian of an
+/// 896-input matrix is rank-deficient and 1% let the feedback push error into directions the
+/// calibration never excites (Qwen2.5-Coder-0.5B int4 g128 + AWQ: perplexity 7.40 on the golden
+/// text); with the mean diagonal itself it lowered AWQ's 4.68 to 4.60.
+const DAMP: f64 = 1.0;
 
 /// `XᵀX` of inputs `x: [tokens, k]`, `[k, k]` row-major in f64.
 fn hessian(x: &[f32], k: usize) -> Vec<f64> {
