@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use edgellm::engine::{Engine, EngineConfig};
+use edgellm::engine::{Engine, EngineConfig, KvDtype};
 use edgellm::package::{export, ExportOptions, MANIFEST_FILE, WEIGHTS_FILE};
 use edgellm::quant::awq::{AwqOptions, DEFAULT_CALIBRATION};
 use edgellm::quant::WeightFormat;
@@ -28,8 +28,16 @@ fn export_to(src: &Path, out: &Path, opts: &ExportOptions, calib: Option<&str>) 
     export(src, out, opts, calib, false, &mut |_| {}).unwrap();
 }
 
+/// f32 KV on both sides: a package's `auto` KV dtype is its manifest's (fp16 here), a GGUF's f32.
 fn config(weight_format: WeightFormat) -> EngineConfig {
-    EngineConfig { max_context: 256, max_seqs: 1, threads: 2, weight_format, ..Default::default() }
+    EngineConfig {
+        max_context: 256,
+        max_seqs: 1,
+        threads: 2,
+        weight_format,
+        kv_dtype: KvDtype::F32,
+        ..Default::default()
+    }
 }
 
 fn logits(model: &Path, format: WeightFormat) -> Vec<f32> {

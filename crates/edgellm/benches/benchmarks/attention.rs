@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
-use edgellm::kv::KvShape;
+use edgellm::kv::{KvShape, LayerKv, LayerView};
 
 use super::values;
 
@@ -31,7 +31,8 @@ fn bench(c: &mut Criterion) {
             let mut out = vec![0f32; n_heads * head_dim];
             g.throughput(Throughput::Bytes((2 * ctx * n_kv_heads * head_dim * 4) as u64));
             g.bench_function(BenchmarkId::new(label, format!("ctx{ctx}")), |b| {
-                b.iter(|| paged_attention(&q, &k, &v, &kv, layout, p, &mut out))
+                let pools = LayerView::F32(LayerKv { k: &k, v: &v, scale: [1.0; 2] });
+                b.iter(|| paged_attention(&q, pools, &kv, layout, p, &mut out))
             });
         }
     }

@@ -13,6 +13,24 @@ use crate::{Error, Result};
 
 use super::{EngineConfig, KvDtype, Sequence};
 
+/// Per-layer (K, V) scales of the KV cache: the package's calibrated `kv_scale` for fp8 (1.0,
+/// with one warning, where a layer has none), 1.0 for the other element types.
+fn kv_scales(model: &Model, dtype: KvDtype) -> Vec<[f32; 2]> {
+    if dtype != KvDtype::Fp8 {
+        return vec![[1.0; 2]; model.layers.len()];
+    }
+    if model.layers.iter().any(|l| l.kv_scale.is_none()) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "warning: fp8 KV cache without calibrated scales: using 1.0 (values beyond ±448 \
+                 saturate); export with --kv fp8 to calibrate them"
+            )
+        });
+    }
+    model.layers.iter().map(|l| l.kv_scale.unwrap_or([1.0; 2])).collect()
+}
+
 /// The forward pass and the memory it runs on.
 pub(crate) enum Executor {
     Cpu {
@@ -41,19 +59,18 @@ impl Executor {
                 (cuda::device_count() > 0 && cfg.weight_format != WeightFormat::F32 && gpu_kv).then_some(0)
             }
         };
-        // each backend runs the KV element types it has; say so rather than silently use another
-        let cpu_kv = matches!(cfg.kv_dtype, KvDtype::Auto | KvDtype::F32);
-        if !(if on_gpu.is_some() { gpu_kv } else { cpu_kv }) {
-            let (backend, has) = if on_gpu.is_some() { ("CUDA", "f16 or fp8") } else { ("CPU", "f32") };
-            return Err(Error::Invalid {
-                what: "kv dtype",
-                why: format!("the {backend} backend keeps the KV cache in {has}, not {:?}", cfg.kv_dtype),
-            });
-        }
         let Some(ordinal) = on_gpu else {
             let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
-            return Ok(Executor::Cpu { kv: KvCache::new(kv), scratch: Box::new(scratch) });
+            let cache = KvCache::with_dtype(kv, cfg.kv_dtype, kv_scales(model, cfg.kv_dtype));
+            return Ok(Executor::Cpu { kv: cache, scratch: Box::new(scratch) });
         };
+        // the CUDA backend keeps the KV cache in fp16 or fp8; say so rather than silently use another
+        if !gpu_kv {
+            return Err(Error::Invalid {
+                what: "kv dtype",
+                why: format!("the CUDA backend keeps the KV cache in f16 or fp8, not {:?}", cfg.kv_dtype),
+            });
+        }
         let limits = CudaLimits {
             max_tokens: cfg.max_batch_tokens,
             max_rows,
@@ -65,6 +82,14 @@ impl Executor {
         let logits = vec![0.0; max_rows * model.config.vocab_size];
         let (params, ids) = (Vec::with_capacity(max_rows), Vec::with_capacity(max_rows));
         Ok(Executor::Cuda { model: Box::new(gpu), logits, params, ids })
+    }
+
+    /// Bytes of the KV pool on the CPU; `None` on a GPU.
+    pub(crate) fn kv_bytes(&self) -> Option<usize> {
+        match self {
+            Executor::Cpu { kv, .. } => Some(kv.size_bytes()),
+            Executor::Cuda { .. } => None,
+        }
     }
 
     /// The device name and memory in bytes, when running on a GPU.

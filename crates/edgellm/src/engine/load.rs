@@ -111,7 +111,13 @@ impl Engine {
             });
         }
         let model = package.model()?;
-        let cfg = cfg.resolve(&model.config)?;
+        let mut cfg = cfg.resolve(&model.config)?;
+        if cfg.kv_dtype == super::KvDtype::Auto {
+            // the package's recorded default
+            let recorded = &package.manifest().kv_dtype;
+            cfg.kv_dtype =
+                recorded.parse().map_err(|why| Error::Invalid { what: "package kv_dtype", why })?;
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .build()

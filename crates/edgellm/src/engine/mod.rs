@@ -133,6 +133,11 @@ impl Engine {
         self.exec.device_memory_in_use()
     }
 
+    /// Bytes of the KV pool on the CPU (its element type's size); `None` on a GPU.
+    pub fn kv_bytes(&self) -> Option<usize> {
+        self.exec.kv_bytes()
+    }
+
     /// KV blocks not in use.
     pub fn free_kv_blocks(&self) -> usize {
         self.alloc.n_free()

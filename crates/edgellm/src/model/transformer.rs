@@ -114,6 +114,12 @@ impl Scratch {
         &self.x[..n_tokens * (self.x.len() / self.max_tokens.max(1))]
     }
 
+    /// The attention output of the last step's last layer, `[n_tokens, q_dim]` (the output
+    /// projection's input; GPTQ calibration reads it).
+    pub(crate) fn attention_output(&self, n_tokens: usize) -> &[f32] {
+        &self.attn[..n_tokens * (self.attn.len() / self.max_tokens.max(1))]
+    }
+
     /// The logits of the last step, writable (samplers process them in place).
     pub fn logits_mut(&mut self) -> &mut [f32] {
         &mut self.logits
@@ -180,7 +186,6 @@ impl Model {
             }
             // write this step's keys and values into the cache
             let shape = kv.shape;
-            let (k_pool, v_pool) = kv.layer_mut(li);
             for t in 0..n {
                 let pos = batch.positions[t] as usize;
                 let seq = batch.token_seq[t] as usize;
@@ -190,8 +195,12 @@ impl Model {
                 let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
                 for kvh in 0..c.num_key_value_heads {
                     let off = shape.offset(block, kvh, slot);
-                    k_pool[off..off + hd].copy_from_slice(&row[q_dim + kvh * hd..][..hd]);
-                    v_pool[off..off + hd].copy_from_slice(&row[q_dim + kv_dim + kvh * hd..][..hd]);
+                    kv.write(
+                        li,
+                        off,
+                        &row[q_dim + kvh * hd..][..hd],
+                        &row[q_dim + kv_dim + kvh * hd..][..hd],
+                    );
                 }
             }
             // attend over cached keys
@@ -202,11 +211,9 @@ impl Model {
                 window,
                 softcap: c.attn_logit_softcapping,
             };
-            let (k_pool, v_pool) = kv.layer(li);
             paged_attention(
                 &s.q[..n * q_dim],
-                k_pool,
-                v_pool,
+                kv.layer(li),
                 &shape,
                 layout,
                 params,

@@ -32,7 +32,8 @@ pub struct ExportOptions {
     pub lm_head: Option<WeightFormat>,
     /// Default KV-cache dtype recorded for runtimes: `fp16`, `bf16` or `fp8`.
     pub kv_dtype: String,
-    /// AWQ scaling before quantization: the calibration text's name and token count.
+    /// Calibration before quantization (AWQ scales, GPTQ rounding): the calibration text's name,
+    /// token count and what it is used for.
     pub awq: Option<awq::AwqOptions>,
 }
 
@@ -53,7 +54,8 @@ const KV_DTYPES: [&str; 3] = ["fp16", "bf16", "fp8"];
 /// Exports the model at `src` into the package directory `out`. An existing `out` is replaced
 /// only with `force`, and only when it is a package. The package is built in `out.partial` and
 /// renamed into place at the end, so an interrupted export leaves no half package at `out`.
-/// `calib_text` is the AWQ calibration text (used only with `opts.awq`).
+/// `calib_text` is the calibration text (used with `opts.awq`, and with `kv_dtype` fp8 to
+/// measure the per-layer KV scales).
 pub fn export(
     src: &Path,
     out: &Path,
@@ -96,17 +98,22 @@ pub fn export(
     w.vector("rope_full", &g.rope_full)?;
     w.vector("rope_local", &g.rope_local)?;
     let embed_scale = g.embed_scale;
-    let mut calibration = match (&opts.awq, calib_text) {
+    // a calibration pass runs for AWQ/GPTQ and to measure fp8 KV scales
+    let kv_fp8 = opts.kv_dtype == "fp8";
+    let calib_opts = opts.awq.clone().or_else(|| {
+        kv_fp8.then(|| awq::AwqOptions { awq: false, gptq: false, ..awq::AwqOptions::default() })
+    });
+    let mut calibration = match (&calib_opts, calib_text) {
         (Some(a), Some(text)) => Some(Calibration::new(&ld, g, &source.tokenizer, text, a)?),
         (Some(_), None) => {
-            return Err(Error::Invalid { what: "awq", why: "no calibration text given".into() })
+            return Err(Error::Invalid { what: "calibration", why: "no calibration text given".into() })
         }
         _ => None,
     };
     let n = cfg.num_hidden_layers;
     for i in 0..n {
         let layer = match &mut calibration {
-            Some(c) => c.layer(&ld, i, opts.weights)?,
+            Some(c) => c.layer(&ld, i, opts.weights, kv_fp8)?,
             None => ld.layer(i)?,
         };
         w.layer(i, &layer)?;

@@ -18,17 +18,22 @@
 //! 5.21 at group 64), so it is not done: with fewer tokens than a group has inputs the error
 //! estimate is underdetermined.
 //!
+//! The same calibration pass serves two more uses: with `gptq`, int4 matrices are rounded by
+//! GPTQ ([`super::gptq`]) against the inputs each matrix gets with the matrices before it already
+//! quantized; and for an fp8 KV cache it measures each layer's largest |K| (after RoPE) and |V|,
+//! from which the per-tensor `kv_scale`s are set.
+//!
 //! Calibration runs layer by layer like the export: the hidden states of the calibration tokens
-//! go through the f32 layer (the scaled layer computes the same function), so memory holds one
-//! layer and `[tokens, hidden]` activations.
+//! go through the layer as quantized (so each layer calibrates on the inputs it will see), and
+//! memory holds one layer and `[tokens, hidden]` activations.
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::cpu::{matmul, ops, Matrix, MatrixData};
 use crate::config::ModelConfig;
-use crate::kv::{KvCache, KvShape};
+use crate::kv::{KvCache, KvShape, LayerView};
 use crate::model::{ForwardBatch, Globals, Layer, Loader, Model, Scratch};
-use crate::quant::WeightFormat;
+use crate::quant::{fp8, gptq, int4, WeightFormat};
 use crate::{Error, Result, Tokenizer};
 
 /// The calibration text used when none is given: prose, code and dialogue written for edgellm.
@@ -45,11 +50,28 @@ pub struct AwqOptions {
     pub loss_tokens: usize,
     /// Grid points for `α` in `[0, 1)`.
     pub grid: usize,
+    /// Search and fold AWQ scales (false: the calibration only measures, e.g. KV scales).
+    #[serde(default = "yes")]
+    pub awq: bool,
+    /// Round int4 weights by GPTQ against the calibration inputs instead of to nearest.
+    #[serde(default)]
+    pub gptq: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for AwqOptions {
     fn default() -> Self {
-        AwqOptions { calibration: "built-in".into(), max_tokens: 512, loss_tokens: 128, grid: 20 }
+        AwqOptions {
+            calibration: "built-in".into(),
+            max_tokens: 512,
+            loss_tokens: 128,
+            grid: 20,
+            awq: true,
+            gptq: false,
+        }
     }
 }
 
@@ -97,16 +119,34 @@ impl Calibration {
         })
     }
 
-    /// Layer `i`, AWQ-scaled and quantized to `format`; advances the hidden states past it.
-    pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat) -> Result<Layer> {
-        Ok(self.scaled_layer(ld, i, format)?.converted(format))
+    /// Layer `i` in `format`: AWQ scales folded in (with `opts.awq`), int4 rounded by GPTQ
+    /// (with `opts.gptq`), and with fp8 KV-cache scales measured over the calibration tokens
+    /// (with `kv_scales`); advances the hidden states past the layer as quantized, so later
+    /// layers calibrate on the inputs they will see.
+    pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat, kv_scales: bool) -> Result<Layer> {
+        let mut layer = ld.layer_f32(i)?;
+        if self.opts.awq {
+            self.fold_scales(&mut layer, format);
+        }
+        let mut layer = match format {
+            WeightFormat::Int4 { group } if self.opts.gptq => self.gptq_layer(layer, group),
+            _ => layer.converted(format),
+        };
+        let pass = self.run(&layer, false);
+        self.x = pass.x;
+        if kv_scales {
+            // 2× headroom: a value beyond the calibration maximum would saturate, while halving
+            // the resolution only moves values below 2⁻⁶ of the scale into fp8's subnormals
+            layer.kv_scale = Some(pass.kv_amax.map(|a| if a > 0.0 { 2.0 * a / fp8::MAX } else { 1.0 }));
+        }
+        Ok(layer)
     }
 
-    /// Layer `i` in f32 with the scales that suit `format` folded in; advances the hidden states.
-    fn scaled_layer(&mut self, ld: &Loader, i: usize, format: WeightFormat) -> Result<Layer> {
+    /// Folds AWQ's per-input-channel scales into `layer` (f32): the QKV and gate/up columns
+    /// with their norms, the down columns with the up rows of `w_gate_up`.
+    fn fold_scales(&self, layer: &mut Layer, format: WeightFormat) {
         let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
         let eps = self.cfg.rms_norm_eps;
-        let mut layer = ld.layer_f32(i)?;
         // inputs of the QKV projection
         let mut h_attn = vec![0f32; t * hidden];
         ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h_attn);
@@ -114,7 +154,7 @@ impl Calibration {
         scale_columns(&mut layer.wqkv, &s_qkv);
         layer.attn_norm.iter_mut().zip(&s_qkv).for_each(|(w, s)| *w /= s);
         // the residual stream after attention: the layer run with its MLP output zeroed
-        let x_mid = self.run(&layer, true);
+        let x_mid = self.run(layer, true).x;
         let mut h_ffn = vec![0f32; t * hidden];
         ops::rmsnorm(&x_mid, &layer.ffn_norm, 0.0, eps, &mut h_ffn);
         let mut gate_up = vec![0f32; t * 2 * ffn];
@@ -132,13 +172,34 @@ impl Calibration {
             row.iter_mut().for_each(|w| *w /= s);
         }
         layer.w_gate_up = Matrix::from_f32(2 * ffn, hidden, up);
-        self.x = self.run(&layer, false);
-        Ok(layer)
     }
 
-    /// The residual stream after `layer` (f32) over the calibration tokens; `attention_only`
-    /// zeroes the MLP's contribution.
-    fn run(&self, layer: &Layer, attention_only: bool) -> Vec<f32> {
+    /// `layer` (f32) with its four matrices rounded to int4 by GPTQ, in the order the forward
+    /// pass uses them, each against the inputs it gets with the matrices before it quantized.
+    fn gptq_layer(&self, mut layer: Layer, group: usize) -> Layer {
+        let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
+        let eps = self.cfg.rms_norm_eps;
+        let mut h = vec![0f32; t * hidden];
+        ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h);
+        layer.wqkv = gptq_matrix(&layer.wqkv, &h, group);
+        // the output projection's inputs: attention under the quantized QKV
+        let attn = self.run(&layer, true).attn;
+        layer.wo = gptq_matrix(&layer.wo, &attn, group);
+        let x_mid = self.run(&layer, true).x;
+        ops::rmsnorm(&x_mid, &layer.ffn_norm, 0.0, eps, &mut h);
+        layer.w_gate_up = gptq_matrix(&layer.w_gate_up, &h, group);
+        let mut gate_up = vec![0f32; t * 2 * ffn];
+        matmul(&h, t, &layer.w_gate_up, &mut gate_up);
+        let mut act = vec![0f32; t * ffn];
+        ops::gated_act(&gate_up, ffn, self.cfg.hidden_act, &mut act);
+        layer.w_down = gptq_matrix(&layer.w_down, &act, group);
+        layer
+    }
+
+    /// The residual stream after `layer` over the calibration tokens, the attention output (the
+    /// output projection's input) and the largest |K| and |V| written to the cache;
+    /// `attention_only` zeroes the MLP's contribution.
+    fn run(&self, layer: &Layer, attention_only: bool) -> Pass {
         let (t, hidden) = (self.tokens, self.cfg.hidden_size);
         let mut layer = layer.clone();
         if attention_only {
@@ -181,7 +242,13 @@ impl Calibration {
             logit_rows: &[],
         };
         model.forward(&batch, &mut kv, &mut scratch);
-        scratch.hidden_states(t).to_vec()
+        let LayerView::F32(pools) = kv.layer(0) else { unreachable!("an f32 cache") };
+        let amax = |p: &[f32]| p.iter().fold(0f32, |m, v| m.max(v.abs()));
+        Pass {
+            x: scratch.hidden_states(t).to_vec(),
+            attn: scratch.attention_output(t).to_vec(),
+            kv_amax: [amax(pools.k), amax(pools.v)],
+        }
     }
 
     /// The per-input-channel scale for `w` with inputs `x: [tokens, w.cols]`.
@@ -221,6 +288,28 @@ impl Calibration {
     }
 }
 
+/// What [`Calibration::run`] leaves behind.
+struct Pass {
+    x: Vec<f32>,       // [tokens, hidden] residual stream after the layer
+    attn: Vec<f32>,    // [tokens, q_dim] attention output
+    kv_amax: [f32; 2], // largest |K| (after RoPE) and |V|
+}
+
+/// An f32 matrix rounded to int4 by GPTQ against inputs `x: [tokens, cols]` (plain conversion
+/// where the group does not fit the columns).
+fn gptq_matrix(w: &Matrix, x: &[f32], group: usize) -> Matrix {
+    let MatrixData::F32(v) = &w.data else { unreachable!("f32 layer") };
+    if !int4::fits(w.cols, group) {
+        return w.copy_as(WeightFormat::Int4 { group });
+    }
+    let (q, scales) = gptq::quantize(v, w.rows, w.cols, group, x);
+    Matrix {
+        rows: w.rows,
+        cols: w.cols,
+        data: MatrixData::Int4 { q: q.into(), scales: scales.into(), group },
+    }
+}
+
 /// `w[:, c] *= s[c]` for an f32 matrix.
 fn scale_columns(w: &mut Matrix, s: &[f32]) {
     let k = w.cols;
@@ -250,12 +339,15 @@ mod tests {
             let mut changed = 0;
             for i in 0..src.config.num_hidden_layers {
                 let plain = ld.layer_f32(i).unwrap();
-                let want = cal.run(&plain, false);
-                let scaled = cal.scaled_layer(&ld, i, WeightFormat::Int4 { group: 64 }).unwrap();
+                let want = cal.run(&plain, false).x;
+                let mut scaled = plain.clone();
+                cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 });
                 changed += (scaled.attn_norm != plain.attn_norm) as usize
                     + (scaled.ffn_norm != plain.ffn_norm) as usize;
+                let got = cal.run(&scaled, false).x;
+                cal.x = want.clone();
                 let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = cal.x.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(
                     err <= 1e-4 * amax,
                     "{fixture} layer {i}: scaled layer differs by {err} (max {amax})"

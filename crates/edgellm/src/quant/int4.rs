@@ -30,23 +30,32 @@ pub fn fits(cols: usize, group: usize) -> bool {
 pub fn quantize(w: &[f32], rows: usize, cols: usize, group: usize) -> (Vec<u8>, Vec<f32>) {
     assert_eq!(w.len(), rows * cols, "int4::quantize: data is not [rows, cols]");
     assert!(fits(cols, group), "int4::quantize: group {group} does not fit {cols} columns");
-    let mut q = vec![0u8; rows * cols / 2];
+    let mut vals = vec![0i8; rows * cols];
     let mut scales = vec![0f32; rows * cols / group];
-    let mut vals = [0i8; CHUNK];
-    for (gi, (gw, gq)) in w.chunks_exact(group).zip(q.chunks_exact_mut(group / 2)).enumerate() {
+    for ((gw, gv), s) in w.chunks_exact(group).zip(vals.chunks_exact_mut(group)).zip(&mut scales) {
         let amax = gw.iter().fold(0f32, |m, v| m.max(v.abs()));
         let inv = if amax == 0.0 { 0.0 } else { 7.0 / amax };
-        scales[gi] = amax / 7.0;
-        for (cw, cq) in gw.chunks_exact(CHUNK).zip(gq.chunks_exact_mut(CHUNK / 2)) {
-            for (v, x) in vals.iter_mut().zip(cw) {
-                *v = (x * inv).round().clamp(-7.0, 7.0) as i8;
-            }
-            for i in 0..CHUNK / 2 {
-                cq[i] = ((vals[i] + 8) as u8) | (((vals[i + 32] + 8) as u8) << 4);
-            }
+        *s = amax / 7.0;
+        for (v, x) in gv.iter_mut().zip(gw) {
+            *v = (x * inv).round().clamp(-7.0, 7.0) as i8;
         }
     }
-    (q, scales)
+    (pack(&vals, rows, cols), scales)
+}
+
+/// Packs values in `[-8, 7]` (row-major `[rows, cols]`, `cols` a multiple of [`CHUNK`]) into
+/// the nibble layout above.
+pub fn pack(vals: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+    assert_eq!(vals.len(), rows * cols, "int4::pack: data is not [rows, cols]");
+    assert!(cols.is_multiple_of(CHUNK), "int4::pack: {cols} columns are not whole runs of {CHUNK}");
+    let mut q = vec![0u8; rows * cols / 2];
+    for (cv, cq) in vals.chunks_exact(CHUNK).zip(q.chunks_exact_mut(CHUNK / 2)) {
+        for i in 0..CHUNK / 2 {
+            debug_assert!((-8..=7).contains(&cv[i]) && (-8..=7).contains(&cv[i + 32]));
+            cq[i] = ((cv[i] + 8) as u8) | (((cv[i + 32] + 8) as u8) << 4);
+        }
+    }
+    q
 }
 
 /// One row back to f32: `q` is the row's `cols / 2` bytes, `scales` its `cols / group` scales.

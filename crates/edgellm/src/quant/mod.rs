@@ -16,6 +16,7 @@
 pub mod awq;
 mod buf;
 pub mod fp8;
+mod gptq;
 pub mod int4;
 pub mod int8;
 

@@ -9,6 +9,11 @@
 //! and the accumulator rescale once per run (online softmax), then the weighted values are
 //! summed — dot products, `exp` and `axpy` inside one `target_feature` function.
 //!
+//! The cache may hold f32, f16, bf16 or fp8 elements ([`crate::kv::KvElement`]): each key and
+//! value row is converted to f32 once (16 bytes at a time, into a stack buffer; f32 rows are read
+//! in place) and shared by every query head of the group; the fp8 scales are folded into the
+//! score scale (K) and the output (V).
+//!
 //! Decode has few items (one token × 2 KV heads for Qwen2.5-0.5B) and long contexts: when
 //! there are fewer items than twice the threads, each item's context is split (flash-decoding)
 //! into parts of at least `MIN_SPLIT` (128) positions, each part keeps its own maximum, sum and
@@ -19,13 +24,16 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::simd::{axpy, dot_generic};
-use crate::kv::KvShape;
+use crate::kv::{simd_available, KvElement, KvShape, LayerKv, LayerView};
 
 /// Query heads per KV head that one task can hold state for.
 pub const MAX_GROUP: usize = 32;
 
 /// Positions scored at once (the score buffer is `MAX_GROUP × SCORE_BLOCK` on the stack).
 const SCORE_BLOCK: usize = 64;
+
+/// Widest head a converted K/V row buffer holds.
+pub const MAX_HEAD_DIM: usize = 512;
 
 /// Fewest positions per part of a split context: below this, merging costs more than the
 /// extra thread gains.
@@ -64,11 +72,27 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
-/// `out[t, h·d..]` = softmax over cached positions of `q[t, h]·k` applied to `v`.
+/// `out[t, h·d..]` = softmax over cached positions of `q[t, h]·k` applied to `v`, with one
+/// layer's cache `pools` in whatever element type it holds.
 pub fn paged_attention(
     q: &[f32],
-    k_pool: &[f32],
-    v_pool: &[f32],
+    pools: LayerView<'_>,
+    kv: &KvShape,
+    layout: TokenLayout<'_>,
+    p: AttnParams,
+    out: &mut [f32],
+) {
+    match pools {
+        LayerView::F32(l) => attention_typed(q, l, kv, layout, p, out),
+        LayerView::F16(l) => attention_typed(q, l, kv, layout, p, out),
+        LayerView::Bf16(l) => attention_typed(q, l, kv, layout, p, out),
+        LayerView::Fp8(l) => attention_typed(q, l, kv, layout, p, out),
+    }
+}
+
+fn attention_typed<E: KvElement>(
+    q: &[f32],
+    pools: LayerKv<'_, E>,
     kv: &KvShape,
     layout: TokenLayout<'_>,
     p: AttnParams,
@@ -77,7 +101,8 @@ pub fn paged_attention(
     let hd = kv.head_dim;
     let group = p.n_heads / kv.n_kv_heads;
     assert!(group <= MAX_GROUP, "GQA group of {group} heads exceeds {MAX_GROUP}");
-    let job = Job { q, k_pool, v_pool, kv, layout, p, group };
+    assert!(hd <= MAX_HEAD_DIM, "head_dim {hd} exceeds {MAX_HEAD_DIM}");
+    let job = Job { q, pools, kv, layout, p, group, simd: simd_available() };
     let n_items = layout.positions.len() * kv.n_kv_heads;
     let longest = (0..layout.positions.len()).map(|t| job.span(t).len()).max().unwrap_or(0);
     let threads = rayon::current_num_threads();
@@ -142,17 +167,17 @@ fn normalize(out_g: &mut [f32], sums: &[f32], hd: usize) {
 }
 
 /// One call's inputs, shared by its work items.
-struct Job<'a> {
+struct Job<'a, E> {
     q: &'a [f32],
-    k_pool: &'a [f32],
-    v_pool: &'a [f32],
+    pools: LayerKv<'a, E>,
     kv: &'a KvShape,
     layout: TokenLayout<'a>,
     p: AttnParams,
     group: usize,
+    simd: bool, // rows may be converted with AVX2/F16C
 }
 
-impl Job<'_> {
+impl<E: KvElement> Job<'_, E> {
     /// The positions token `t` attends to.
     fn span(&self, t: usize) -> Range<usize> {
         let pos = self.layout.positions[t] as usize;
@@ -172,7 +197,7 @@ impl Job<'_> {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn attend_avx2(&self, item: usize, range: Range<usize>, acc: &mut [f32]) -> [f32; 2 * MAX_GROUP] {
         self.attend_body(item, range, acc)
     }
@@ -187,23 +212,30 @@ impl Job<'_> {
         let mut max = [f32::NEG_INFINITY; MAX_GROUP];
         let mut sum = [0f32; MAX_GROUP];
         let mut scores = [[0f32; SCORE_BLOCK]; MAX_GROUP];
+        let mut buf = [0f32; MAX_HEAD_DIM];
+        // K's scale joins the score scale; V's multiplies the accumulated output at the end
+        let [k_scale, v_scale] = self.pools.scale;
+        let score_scale = p.scale * k_scale;
         acc.fill(0.0);
         let mut j = range.start;
         while j < range.end {
             let slot = j % kv.block_size;
             let n = (kv.block_size - slot).min(range.end - j).min(SCORE_BLOCK);
             let base = kv.offset(table[j / kv.block_size] as usize, kvh, slot);
-            let keys = &self.k_pool[base..base + n * hd];
-            let vals = &self.v_pool[base..base + n * hd];
-            for h in 0..group {
-                let qh = &q_g[h * hd..(h + 1) * hd];
-                let sc = &mut scores[h][..n];
-                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hd)) {
-                    *s = dot_generic(qh, k) * p.scale;
+            let keys = &self.pools.k[base..base + n * hd];
+            let vals = &self.pools.v[base..base + n * hd];
+            for (s, k) in keys.chunks_exact(hd).enumerate() {
+                let k = E::row(self.simd, k, &mut buf);
+                for h in 0..group {
+                    let mut sc = dot_generic(&q_g[h * hd..(h + 1) * hd], k) * score_scale;
                     if let Some(cap) = p.softcap {
-                        *s = cap * (*s / cap).tanh();
+                        sc = cap * (sc / cap).tanh();
                     }
+                    scores[h][s] = sc;
                 }
+            }
+            for h in 0..group {
+                let sc = &mut scores[h][..n];
                 let run_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if run_max > max[h] {
                     // rescale what was accumulated under the old maximum, once per run
@@ -218,11 +250,15 @@ impl Job<'_> {
                 }
             }
             for (s, v) in vals.chunks_exact(hd).enumerate() {
+                let v = E::row(self.simd, v, &mut buf);
                 for h in 0..group {
                     axpy(&mut acc[h * hd..(h + 1) * hd], scores[h][s], v);
                 }
             }
             j += n;
+        }
+        if v_scale != 1.0 {
+            acc.iter_mut().for_each(|a| *a *= v_scale);
         }
         let mut stats = [0f32; 2 * MAX_GROUP];
         stats[..group].copy_from_slice(&max[..group]);
@@ -234,6 +270,68 @@ impl Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::KvDtype;
+    use crate::kv::KvCache;
+
+    fn f32_view<'a>(k: &'a [f32], v: &'a [f32]) -> LayerView<'a> {
+        LayerView::F32(LayerKv { k, v, scale: [1.0; 2] })
+    }
+
+    /// Every KV element type against the f32 cache on random data: one decode token over a
+    /// 700-position context (split across threads) and a short prefill, with GQA. fp8 runs
+    /// with scales from the data's maximum, as the export calibrates them.
+    #[test]
+    fn element_types_match_the_f32_cache() {
+        use rand::{Rng, SeedableRng};
+        let (block, n_heads, n_kv, hd) = (16, 6, 2, 64);
+        let len = 700usize;
+        let n_blocks = len.div_ceil(block);
+        let kv = KvShape { n_layers: 1, n_blocks, block_size: block, n_kv_heads: n_kv, head_dim: hd };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let rows: Vec<(Vec<f32>, Vec<f32>)> = (0..len * n_kv)
+            .map(|_| {
+                let k = (0..hd).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+                let v = (0..hd).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                (k, v)
+            })
+            .collect();
+        let table: Vec<u32> = (0..n_blocks as u32).rev().collect();
+        let fill = |dtype: KvDtype, scale: [f32; 2]| {
+            let mut cache = KvCache::with_dtype(kv, dtype, vec![scale]);
+            for p in 0..len {
+                for h in 0..n_kv {
+                    let (k, v) = &rows[p * n_kv + h];
+                    cache.write(0, kv.offset(table[p / block] as usize, h, p % block), k, v);
+                }
+            }
+            cache
+        };
+        let positions: Vec<u32> = [len as u32 - 1].into_iter().chain(0..5).collect();
+        let q: Vec<f32> = (0..positions.len() * n_heads * hd).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let layout = TokenLayout {
+            positions: &positions,
+            token_seq: &[0; 6],
+            block_table_data: &table,
+            block_table_offsets: &[0, n_blocks as u32],
+        };
+        let params = AttnParams { n_heads, scale: 0.125, window: None, softcap: None };
+        let run = |cache: &KvCache| {
+            let mut out = vec![0f32; q.len()];
+            paged_attention(&q, cache.layer(0), &kv, layout, params, &mut out);
+            out
+        };
+        let want = run(&fill(KvDtype::F32, [1.0; 2]));
+        for (dtype, scale, tol) in [
+            (KvDtype::F16, [1.0; 2], 2e-3),
+            (KvDtype::Bf16, [1.0; 2], 2e-2),
+            (KvDtype::Fp8, [4.0 / 448.0, 2.0 / 448.0], 8e-2),
+        ] {
+            let got = run(&fill(dtype, scale));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(err <= tol * amax, "{dtype:?}: max error {err} of {amax}");
+        }
+    }
 
     /// Plain softmax attention over contiguous keys, the reference for the paged kernel.
     fn reference(q: &[f32], keys: &[Vec<f32>], vals: &[Vec<f32>], scale: f32, cap: Option<f32>) -> Vec<f32> {
@@ -283,7 +381,7 @@ mod tests {
             };
             let params = AttnParams { n_heads, scale: 0.4, window, softcap: cap };
             let mut out = vec![0f32; q.len()];
-            paged_attention(&q, &k_pool, &v_pool, &kv, layout, params, &mut out);
+            paged_attention(&q, f32_view(&k_pool, &v_pool), &kv, layout, params, &mut out);
             let first = window.map_or(0, |w| len - w);
             let keys: Vec<Vec<f32>> =
                 (first..len).map(|p| (0..hd).map(|d| val(p, d, 0.0)).collect()).collect();
@@ -327,7 +425,7 @@ mod tests {
             };
             let params = AttnParams { n_heads, scale: 0.3, window, softcap: None };
             let mut out = vec![0f32; q.len()];
-            paged_attention(&q, &k_pool, &v_pool, &kv, layout, params, &mut out);
+            paged_attention(&q, f32_view(&k_pool, &v_pool), &kv, layout, params, &mut out);
             for (t, &pos) in positions.iter().enumerate() {
                 let first = window.map_or(0, |w| pos as usize + 1 - w);
                 for h in 0..n_heads {
