@@ -14,7 +14,7 @@ use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout}
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
 use edgellm::backend::cuda::harness::{Arg, Epilogue, GemvKernel, Kernels};
 use edgellm::backend::cuda::{self, CudaOptions};
-use edgellm::kv::KvShape;
+use edgellm::kv::{KvShape, LayerKv, LayerView};
 use edgellm::quant::{fp8, WeightFormat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -505,7 +505,8 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         };
         let p = AttnParams { n_heads, scale: attn_scale, window: c.window, softcap: c.cap };
         let mut want = vec![0f32; n * n_heads * hd];
-        paged_attention(&q_got, &k_pool, &v_pool, &shape, layout, p, &mut want);
+        let pools = LayerView::F32(LayerKv { k: &k_pool, v: &v_pool, scale: [1.0; 2] });
+        paged_attention(&q_got, pools, &shape, layout, p, &mut want);
         let got = f16_bits_to_f32(&k.download(&out, n * n_heads * hd).unwrap());
         let err = rel_err(&format!("{c:?} {attn} splits={splits}"), &got, &f64s(&want), 2e-3);
         assert_eq!(
