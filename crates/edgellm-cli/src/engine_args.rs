@@ -84,11 +84,10 @@ impl EngineArgs {
         if let Some((name, mem)) = engine.device() {
             eprintln!("running on {name}, {:.1} GiB", mem as f64 / (1u64 << 30) as f64);
         }
-        if let Some(bytes) = engine.kv_bytes() {
+        if let Some((dtype, bytes)) = engine.kv_cache() {
             let c = engine.config();
             eprintln!(
-                "KV cache: {:?}, {} positions, {:.1} MB",
-                c.kv_dtype,
+                "KV cache: {dtype:?}, {} positions, {:.1} MB",
                 c.kv_blocks() * c.kv_block_size,
                 bytes as f64 / 1e6
             );

@@ -40,7 +40,8 @@ fn greedy_tokens(model: &Path, kv_dtype: KvDtype, prompt: &[u32]) -> (Vec<u32>, 
         let best = (0..vocab).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
         ids.push(best as u32);
     }
-    (ids[prompt.len()..].to_vec(), engine.config().kv_dtype, engine.kv_bytes().unwrap())
+    let (dtype, bytes) = engine.kv_cache().unwrap();
+    (ids[prompt.len()..].to_vec(), dtype, bytes)
 }
 
 /// Logits of every position of `ids` with the given KV dtype.

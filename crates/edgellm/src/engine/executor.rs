@@ -84,10 +84,10 @@ impl Executor {
         Ok(Executor::Cuda { model: Box::new(gpu), logits, params, ids })
     }
 
-    /// Bytes of the KV pool on the CPU; `None` on a GPU.
-    pub(crate) fn kv_bytes(&self) -> Option<usize> {
+    /// The CPU KV pool's element type and bytes; `None` on a GPU.
+    pub(crate) fn kv_cache(&self) -> Option<(KvDtype, usize)> {
         match self {
-            Executor::Cpu { kv, .. } => Some(kv.size_bytes()),
+            Executor::Cpu { kv, .. } => Some((kv.dtype(), kv.size_bytes())),
             Executor::Cuda { .. } => None,
         }
     }

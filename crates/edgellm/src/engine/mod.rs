@@ -133,9 +133,9 @@ impl Engine {
         self.exec.device_memory_in_use()
     }
 
-    /// Bytes of the KV pool on the CPU (its element type's size); `None` on a GPU.
-    pub fn kv_bytes(&self) -> Option<usize> {
-        self.exec.kv_bytes()
+    /// The CPU KV pool's element type (resolved: never `Auto`) and size in bytes; `None` on a GPU.
+    pub fn kv_cache(&self) -> Option<(KvDtype, usize)> {
+        self.exec.kv_cache()
     }
 
     /// KV blocks not in use.
