@@ -362,7 +362,7 @@ fn bench_one(
     let e2e: Vec<f64> = ttft.iter().zip(&decode).map(|(a, d)| bf * nf / (a + d)).collect();
 
     let c = &engine.model().config;
-    let kv_per_token = 2 * c.num_hidden_layers * c.kv_dim() * std::mem::size_of::<f32>();
+    let kv_per_token = 2 * c.num_hidden_layers * c.kv_dim() * engine.kv_dtype().element_bytes();
     let mean_ctx = p + n / 2;
     let bytes = engine.model().streamed_weight_bytes() + b * kv_per_token * mean_ctx;
     let decode_gbs = if tpot50 > 0.0 { bytes as f64 / tpot50 / 1e9 } else { 0.0 };

@@ -48,6 +48,17 @@ pub enum KvDtype {
     Fp8,
 }
 
+impl KvDtype {
+    /// Bytes per element (`Auto` as the CPU's f32).
+    pub fn element_bytes(self) -> usize {
+        match self {
+            KvDtype::Auto | KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+            KvDtype::Fp8 => 1,
+        }
+    }
+}
+
 impl std::str::FromStr for KvDtype {
     type Err = String;
 

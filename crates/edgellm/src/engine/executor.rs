@@ -84,6 +84,15 @@ impl Executor {
         Ok(Executor::Cuda { model: Box::new(gpu), logits, params, ids })
     }
 
+    /// The KV cache's element type on either backend.
+    pub(crate) fn kv_dtype(&self) -> KvDtype {
+        match self {
+            Executor::Cpu { kv, .. } => kv.dtype(),
+            Executor::Cuda { model, .. } if model.kv_fp8() => KvDtype::Fp8,
+            Executor::Cuda { .. } => KvDtype::F16,
+        }
+    }
+
     /// The CPU KV pool's element type and bytes; `None` on a GPU.
     pub(crate) fn kv_cache(&self) -> Option<(KvDtype, usize)> {
         match self {

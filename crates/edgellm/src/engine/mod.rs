@@ -133,6 +133,11 @@ impl Engine {
         self.exec.device_memory_in_use()
     }
 
+    /// The KV cache's element type on the engine's device (resolved: never `Auto`).
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.exec.kv_dtype()
+    }
+
     /// The CPU KV pool's element type (resolved: never `Auto`) and size in bytes; `None` on a GPU.
     pub fn kv_cache(&self) -> Option<(KvDtype, usize)> {
         self.exec.kv_cache()

@@ -384,6 +384,11 @@ impl CudaModel {
         Ok(out)
     }
 
+    /// Whether the KV cache holds fp8 E4M3 codes (else fp16).
+    pub fn kv_fp8(&self) -> bool {
+        self.kv_fp8
+    }
+
     /// The device's name and NVRTC target, e.g. `NVIDIA H100 80GB HBM3 (sm_90a)`.
     pub fn device_name(&self) -> String {
         format!("{} ({})", self.gpu.name, super::arch_name(self.gpu.cc))
