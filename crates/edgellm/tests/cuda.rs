@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-
 use edgellm::backend::cpu::Matrix;
 use edgellm::backend::cuda::{self, CudaOptions};
 use edgellm::backend::Device;
@@ -16,14 +14,6 @@ use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
 use edgellm::source::{TensorInfo, WeightSource};
 use edgellm::SamplingParams;
-
-fn have_gpu() -> bool {
-    if cuda::device_count() > 0 {
-        return true;
-    }
-    eprintln!("skipping: no CUDA device");
-    false
-}
 
 fn gpu_cfg(format: WeightFormat, graphs: bool) -> EngineConfig {
     EngineConfig {
@@ -45,13 +35,7 @@ fn greedy(n: usize) -> SamplingParams {
 fn generate(engine: &mut Engine, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
     let mut seqs: Vec<Sequence> =
         prompts.iter().map(|p| engine.new_sequence(&Prompt::Ids(p.clone()), greedy(n)).unwrap()).collect();
-    let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-    engine.generate(&mut refs, &mut |_, _| ControlFlow::Continue(())).unwrap();
-    let out = seqs.iter().map(|s| s.generated_ids().to_vec()).collect();
-    for s in seqs.iter_mut() {
-        engine.release(s);
-    }
-    out
+    common::run_to_end(engine, &mut seqs)
 }
 
 /// Teacher-forced logits of every golden position against HF's: returns the largest |Δlogit|;
@@ -87,7 +71,7 @@ fn check_fixture(name: &str, format: WeightFormat, greedy: bool) -> f32 {
 // near-tie)
 #[test]
 fn tiny_fixtures_match_hf_in_f16_and_bf16() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let names = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"];
@@ -105,7 +89,7 @@ fn tiny_fixtures_match_hf_in_f16_and_bf16() {
 /// tiles of 64 tokens where the cache is fp16): ≥ 95% of its rows' argmaxes must equal the CPU's.
 /// Both engines quantize the same weights the same way; the CPU keeps its f32 KV cache.
 fn check_shape_against_cpu(preset: &str, format: WeightFormat, kv_dtype: KvDtype) {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let config = presets::config(preset).unwrap();
@@ -268,7 +252,7 @@ fn tiny_prompts(engine: &Engine, n: usize) -> Vec<Vec<u32>> {
 }
 
 fn graph_replay_equals_eager_and_batch_of_8_equals_singles_with(format: WeightFormat, kv_dtype: KvDtype) {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let dir = common::fixture("tiny-qwen2");
@@ -298,7 +282,7 @@ fn quantized_graph_replay_equals_eager_and_batch_of_8_equals_singles() {
 
 #[test]
 fn decode_steps_do_not_allocate_on_the_device() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let mut engine = Engine::load(&common::fixture("tiny-llama"), gpu_cfg(WeightFormat::BF16, true)).unwrap();

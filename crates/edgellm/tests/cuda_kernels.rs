@@ -13,15 +13,14 @@ mod common;
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
 use edgellm::backend::cuda::harness::{Arg, Epilogue, GemvKernel, Kernels};
-use edgellm::backend::cuda::{self, CudaOptions};
+use edgellm::backend::cuda::CudaOptions;
 use edgellm::kv::{KvShape, LayerKv, LayerView};
 use edgellm::quant::{fp8, WeightFormat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn kernels() -> Option<Kernels> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipping: no CUDA device");
+    if !common::have_gpu() {
         return None;
     }
     Some(

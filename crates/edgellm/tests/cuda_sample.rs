@@ -5,7 +5,7 @@
 //! as when the host samples the device's logits, with graphs or eagerly, alone or in a batch of 8.
 //! Skipped with a message where no CUDA device is present.
 
-use std::ops::ControlFlow;
+mod common;
 
 use edgellm::backend::cuda::{self, CudaOptions, StandaloneSampler, HOST_ROW};
 use edgellm::backend::Device;
@@ -18,16 +18,7 @@ use edgellm::SamplingParams;
 
 /// Kernels compiled once for every test of this file (the cache is keyed by the sources' hash).
 fn opts(graphs: bool) -> CudaOptions {
-    let kernel_cache = Some(std::env::temp_dir().join("edgellm-test-kernels"));
-    CudaOptions { graphs, kernel_cache, ..CudaOptions::new() }
-}
-
-fn have_gpu() -> bool {
-    if cuda::device_count() > 0 {
-        return true;
-    }
-    eprintln!("skipping: no CUDA device");
-    false
+    CudaOptions { graphs, kernel_cache: Some(common::kernel_cache()), ..CudaOptions::new() }
 }
 
 /// A uniform number in [0, 1) from `(seed, i)`.
@@ -86,7 +77,7 @@ fn cpu_sampler(params: &SamplingParams, seed: u64, counter: u64, vocab: usize) -
 
 #[test]
 fn device_sampler_picks_the_cpu_samplers_tokens() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let sets = param_sets();
@@ -127,7 +118,7 @@ fn device_sampler_picks_the_cpu_samplers_tokens() {
 
 #[test]
 fn too_many_tied_candidates_are_left_to_the_host() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     // 150k equal logits and top-k 100,000: the cut falls inside one bin of 150k candidates
@@ -150,7 +141,7 @@ fn too_many_tied_candidates_are_left_to_the_host() {
 
 #[test]
 fn device_sampling_time() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let vocab = 151_936;
@@ -211,18 +202,12 @@ fn generate(engine: &mut Engine, prompts: &[Vec<u32>], params: &[SamplingParams]
         .zip(params)
         .map(|(p, s)| engine.new_sequence(&Prompt::Ids(p.clone()), s.clone()).unwrap())
         .collect();
-    let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-    engine.generate(&mut refs, &mut |_, _| ControlFlow::Continue(())).unwrap();
-    let out = seqs.iter().map(|s| s.generated_ids().to_vec()).collect();
-    for s in seqs.iter_mut() {
-        engine.release(s);
-    }
-    out
+    common::run_to_end(engine, &mut seqs)
 }
 
 #[test]
 fn seeded_sampling_is_the_same_on_device_and_host_in_graphs_and_batches() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     // One-token prompts: every step then runs the GEMV kernels, whose sums do not depend on the
@@ -252,7 +237,7 @@ fn seeded_sampling_is_the_same_on_device_and_host_in_graphs_and_batches() {
 
 #[test]
 fn sampled_decode_steps_do_not_allocate_on_the_device() {
-    if !have_gpu() {
+    if !common::have_gpu() {
         return;
     }
     let mut engine = engine(true);

@@ -15,16 +15,6 @@ fn tiny(name: &str, max_batch_tokens: usize) -> Engine {
     Engine::load(&common::fixture(name), cfg).unwrap()
 }
 
-fn run(engine: &mut Engine, seqs: &mut [Sequence]) -> Vec<Vec<u32>> {
-    let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-    engine.generate(&mut refs, &mut |_, _| ControlFlow::Continue(())).unwrap();
-    let out = seqs.iter().map(|s| s.generated_ids().to_vec()).collect();
-    for s in seqs.iter_mut() {
-        engine.release(s);
-    }
-    out
-}
-
 fn greedy(n: usize) -> SamplingParams {
     SamplingParams { max_tokens: Some(n), ignore_eos: true, ..SamplingParams::greedy() }
 }
@@ -44,14 +34,14 @@ fn batch_of_four_equals_each_alone() {
             .iter()
             .map(|p| {
                 let seq = engine.new_sequence(&Prompt::Text(p.to_string()), greedy(24)).unwrap();
-                run(&mut engine, &mut [seq]).remove(0)
+                common::run_to_end(&mut engine, &mut [seq]).remove(0)
             })
             .collect();
         let mut batch: Vec<Sequence> = PROMPTS
             .iter()
             .map(|p| engine.new_sequence(&Prompt::Text(p.to_string()), greedy(24)).unwrap())
             .collect();
-        assert_eq!(run(&mut engine, &mut batch), alone, "{name}");
+        assert_eq!(common::run_to_end(&mut engine, &mut batch), alone, "{name}");
         assert_eq!(engine.free_kv_blocks(), engine.config().kv_blocks(), "{name}: blocks leaked");
     }
 }
@@ -62,9 +52,9 @@ fn chunked_prefill_equals_one_call() {
     let mut whole = tiny("tiny-qwen3", 512);
     let mut chunked = tiny("tiny-qwen3", 7);
     let seq = whole.new_sequence(&prompt, greedy(20)).unwrap();
-    let a = run(&mut whole, &mut [seq]);
+    let a = common::run_to_end(&mut whole, &mut [seq]);
     let seq = chunked.new_sequence(&prompt, greedy(20)).unwrap();
-    let b = run(&mut chunked, &mut [seq]);
+    let b = common::run_to_end(&mut chunked, &mut [seq]);
     assert_eq!(a, b);
 }
 
@@ -100,5 +90,5 @@ fn two_turn_chat_equals_whole_conversation() {
     engine.release(&mut seq);
     assert!(reused > 10, "the second turn reused only {reused} tokens of KV");
     let fresh = engine.new_sequence(&Prompt::Chat(conversation), greedy(10)).unwrap();
-    assert_eq!(continued, run(&mut engine, &mut [fresh]).remove(0));
+    assert_eq!(continued, common::run_to_end(&mut engine, &mut [fresh]).remove(0));
 }

@@ -99,3 +99,27 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
 pub fn kernel_cache() -> PathBuf {
     std::env::temp_dir().join("edgellm-test-kernels")
 }
+
+/// Whether a CUDA device is present; where none is, says that the calling test skips.
+pub fn have_gpu() -> bool {
+    if edgellm::backend::cuda::device_count() > 0 {
+        return true;
+    }
+    eprintln!("skipping: no CUDA device");
+    false
+}
+
+/// Runs `seqs` together to their end on `engine`, releases them and returns each one's generated
+/// ids.
+pub fn run_to_end(
+    engine: &mut edgellm::engine::Engine,
+    seqs: &mut [edgellm::engine::Sequence],
+) -> Vec<Vec<u32>> {
+    let mut refs: Vec<&mut edgellm::engine::Sequence> = seqs.iter_mut().collect();
+    engine.generate(&mut refs, &mut |_, _| std::ops::ControlFlow::Continue(())).unwrap();
+    let out = seqs.iter().map(|s| s.generated_ids().to_vec()).collect();
+    for s in seqs.iter_mut() {
+        engine.release(s);
+    }
+    out
+}
