@@ -167,6 +167,13 @@ impl StandaloneSampler {
             encode(p, w);
         }
         self.gpu.htod(self.params.ptr(), &self.words[..rows * SAMPLE_WORDS])?;
+        self.enqueue(rows)?;
+        self.gpu.dtoh(&mut self.host_ids[..rows], self.ids.ptr())?;
+        Ok(&self.host_ids[..rows])
+    }
+
+    /// Queues the sampling of the first `rows` rows of the logits with the parameters in place.
+    fn enqueue(&self, rows: usize) -> Result<()> {
         self.sampler.enqueue(
             &self.gpu,
             self.logits.ptr(),
@@ -174,9 +181,7 @@ impl StandaloneSampler {
             rows,
             self.params.ptr(),
             self.ids.ptr(),
-        )?;
-        self.gpu.dtoh(&mut self.host_ids[..rows], self.ids.ptr())?;
-        Ok(&self.host_ids[..rows])
+        )
     }
 
     /// Mean wall time in µs of `reps` back-to-back samplings of `params` (launches included,
@@ -185,15 +190,7 @@ impl StandaloneSampler {
         self.run(params)?; // warm-up, and the parameters in place
         let start = std::time::Instant::now();
         for _ in 0..reps {
-            let rows = params.len();
-            self.sampler.enqueue(
-                &self.gpu,
-                self.logits.ptr(),
-                self.vocab,
-                rows,
-                self.params.ptr(),
-                self.ids.ptr(),
-            )?;
+            self.enqueue(params.len())?;
         }
         self.gpu.sync()?;
         Ok(start.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64)
