@@ -101,7 +101,10 @@ __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict_
     for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
     int chunk = (n_vec_all + ksplit - 1) / ksplit;
     int k0 = part * chunk, n_vec = min(n_vec_all, k0 + chunk);
-    const int U = NT <= 2 && !GATED ? 8 : 4;
+    // loads in flight per lane: a quantized vector holds 16-32 weights, so 4 cover a warp's share
+    // of every row here (llama's down projection: 4 per lane); 8 only for 16-bit weights. Fewer
+    // registers let 8 blocks share an SM (QGEMV_MIN_BLOCKS): one wave where 6 took two.
+    const int U = NT <= 2 && !GATED && P::ELEMS == 8 ? 8 : 4;
     const int STEP = 32 * U;
     uint4 wv[U], uv[U];
     auto load = [&](int base) {
@@ -222,15 +225,20 @@ __device__ void dequant_impl(const uint4* w, const float* scales, u16* out, int 
     }
 }
 
+// Blocks per SM the register budget must allow: 8 at 1 token (batch-1 decode, where a second
+// wave of blocks costs another DRAM round trip; the gated kernel spills ~50 bytes for it); more
+// tokens keep their registers (at 2, 8 blocks would spill ~200 bytes).
+#define QGEMV_MIN_BLOCKS(NT) ((NT) == 1 ? 8 : 1)
+
 #define QGEMV_KERNEL(NAME, P, NT)                                                                         \
-    extern "C" __global__ void qgemv_##NAME##_n##NT(const uint4* w, const float* scales, const u16* x,       \
-                                                    float* out, int rows, int in, int vpg, float row_factor, \
-                                                    float cap, int ksplit) {                                 \
+    extern "C" __global__ void __launch_bounds__(128, QGEMV_MIN_BLOCKS(NT))                                 \
+        qgemv_##NAME##_n##NT(const uint4* w, const float* scales, const u16* x, float* out, int rows, int in, \
+                             int vpg, float row_factor, float cap, int ksplit) {                             \
         qgemv_impl<P, NT, false>(w, scales, x, out, rows, in, vpg, row_factor, cap, 0, ksplit);              \
     }                                                                                                        \
-    extern "C" __global__ void qgemv_gated_##NAME##_n##NT(const uint4* w, const float* scales,              \
-                                                          const u16* x, u16* out, int rows, int in, int vpg, \
-                                                          float row_factor, int act, int ksplit) {           \
+    extern "C" __global__ void __launch_bounds__(128, QGEMV_MIN_BLOCKS(NT))                                 \
+        qgemv_gated_##NAME##_n##NT(const uint4* w, const float* scales, const u16* x, u16* out, int rows,     \
+                                   int in, int vpg, float row_factor, int act, int ksplit) {                 \
         qgemv_impl<P, NT, true>(w, scales, x, out, rows, in, vpg, row_factor, 0.f, act, ksplit);             \
     }
 
