@@ -9,7 +9,7 @@
 //! and the hash of the kernel sources it was compiled from before it is used
 //! ([`crate::backend::cuda::compile`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -487,7 +487,7 @@ fn compile_all(
     let version = compile::nvrtc_version().map_err(|e| Error::NoCuda {
         why: format!("{e}: `edgellm build` compiles the kernels with NVRTC (set LD_LIBRARY_PATH to it)"),
     })?;
-    let include = cuda.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"));
+    let include = cuda.headers();
     let mut out = (Vec::new(), Vec::new());
     for arch in archs {
         progress(BuildEvent::Compiling(arch.clone()));

@@ -159,7 +159,11 @@ pub fn load_or_compile(cache_dir: Option<&Path>, arch: &str, include: Option<&Pa
     }
     let cubin = compile_cubin(arch, include)?;
     if let Some(p) = &path {
-        let tmp = p.with_extension("tmp");
+        // a name of its own: two processes (or test threads) compiling at once must not write
+        // into one temporary file, or one could rename the other's half-written file into place
+        static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = p.with_extension(format!("{}-{n}.tmp", std::process::id()));
         let written =
             p.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&tmp, &cubin));
         if written.and_then(|()| std::fs::rename(&tmp, p)).is_err() {
@@ -309,7 +313,7 @@ pub fn kernels(
     if let Some(why) = refused {
         eprintln!("warning: {why}; compiling the kernels with NVRTC instead");
     }
-    let include = opts.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"));
+    let include = opts.headers();
     let version = nvrtc_version()?;
     if let Some(path) = opts.kernel_cache.as_deref().map(|d| cache_path(d, arch, version)) {
         if let Ok(bytes) = std::fs::read(&path) {

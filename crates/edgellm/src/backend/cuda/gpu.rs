@@ -41,6 +41,11 @@ impl CudaOptions {
     pub fn new() -> Self {
         CudaOptions { include_dir: None, kernel_cache: None, graphs: true, prebuilt: None, nvrtc: true }
     }
+
+    /// The CUDA headers' directory NVRTC is given: `include_dir`, else `/usr/local/cuda/include`.
+    pub fn headers(&self) -> PathBuf {
+        self.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"))
+    }
 }
 
 impl Default for CudaOptions {
@@ -269,7 +274,7 @@ fn load_module(opts: &CudaOptions, arch: &str) -> Result<(sys::CUmodule, compile
 }
 
 impl Gpu {
-    /// Opens device `ordinal` and loads the kernels (compiled or from the cache).
+    /// Opens device `ordinal` and loads the kernels (the package's, NVRTC's cache or a compile).
     pub fn new(ordinal: usize, opts: &CudaOptions) -> Result<Gpu> {
         let n = device_count();
         if n == 0 {
