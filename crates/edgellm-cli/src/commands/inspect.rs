@@ -75,9 +75,11 @@ fn print_package(path: &std::path::Path) -> Result<()> {
         m.weights.lm_head.as_deref().unwrap_or("tied"),
         m.kv_dtype
     );
-    match package::Plan::read(path, m)? {
-        Some(plan) => print!("{}", super::build::describe(&plan)),
-        None => println!("no {} (not built for CUDA; see `edgellm build`)", package::PLAN_FILE),
+    // a plan that would be refused at load is shown as such, with the package still described
+    match package::Plan::read(path, m) {
+        Ok(Some(plan)) => print!("{}", super::build::describe(&plan)),
+        Ok(None) => println!("no {} (not built for CUDA; see `edgellm build`)", package::PLAN_FILE),
+        Err(e) => println!("{} refused: {e}", package::PLAN_FILE),
     }
     Ok(())
 }
