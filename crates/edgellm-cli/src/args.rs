@@ -32,6 +32,8 @@ Examples:
   edgellm inspect ./model.gguf            metadata and tensor table
   edgellm export qwen2.5-coder-0.5b-instruct -o qwen-int4 --weights int4 --awq
                                           quantize once into a package; `edgellm run qwen-int4`
+  edgellm build qwen-int4 --device cuda   fix its limits for this GPU and compile its kernels
+                                          (--arch sm_87: cross-build for Jetson, no GPU needed)
   edgellm models                          list the known models and which are downloaded
   edgellm pull qwen2.5-coder-0.5b-instruct  download and verify a model";
 
@@ -72,6 +74,9 @@ pub enum Command {
     /// Export a model (GGUF, HF directory or registry name) to an engine package: weights
     /// quantized and laid out for the runtime, loaded later without conversion
     Export(commands::export::ExportArgs),
+    /// Build a package for CUDA: fix its limits (batch, context, KV pool) against a device and
+    /// compile its kernels into it (plan.json, kernels/), for the device's arch or --arch
+    Build(commands::build::BuildArgs),
     /// Benchmark a model or a synthetic shape: TTFT, prefill/decode tok/s, TPOT, memory
     Bench(commands::bench::BenchArgs),
 }

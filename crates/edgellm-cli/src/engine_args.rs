@@ -15,7 +15,8 @@ pub struct EngineArgs {
     /// Worker threads (0: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
-    /// Longest sequence, prompt plus generated tokens (0: the model's limit, at most 4096).
+    /// Longest sequence, prompt plus generated tokens (0: a built package's plan.json, else
+    /// the model's limit, at most 4096).
     #[arg(short = 'c', long = "ctx", default_value_t = 0)]
     pub max_context: usize,
     /// Weight storage: f32 (exact; CPU only), bf16 or f16 (half the memory, faster decode),
@@ -24,8 +25,9 @@ pub struct EngineArgs {
     /// (`edgellm export`) load as stored.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightFormat,
-    /// Most tokens per forward pass (prompt chunk size).
-    #[arg(long, default_value_t = 512)]
+    /// Most tokens per forward pass (prompt chunk size) [default: a built package's plan.json,
+    /// else 512].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub batch_tokens: usize,
     /// Where to run: auto (a CUDA GPU when present and --dtype is not f32, else the CPU),
     /// cpu, cuda or cuda:N. Asking for CUDA where there is none is an error.
@@ -39,10 +41,16 @@ pub struct EngineArgs {
     /// Run every CUDA decode step eagerly instead of replaying captured CUDA graphs.
     #[arg(long)]
     pub no_cuda_graphs: bool,
+    /// Ignore a package's plan.json (`edgellm build`): neither its limits nor its compiled
+    /// kernels. With a plan, on CUDA, the plan's limits are the defaults and exceeding one is an
+    /// error; its kernels load without NVRTC (EDGELLM_CUDA_NVRTC=0 forbids NVRTC, to prove it).
+    #[arg(long)]
+    pub no_plan: bool,
 }
 
 /// CUDA kernel options from the environment: NVRTC headers under `$CUDA_HOME/include`
-/// (default /usr/local/cuda), compiled kernels cached under `$EDGELLM_HOME/kernels`.
+/// (default /usr/local/cuda), compiled kernels cached under `$EDGELLM_HOME/kernels`, NVRTC
+/// forbidden by `EDGELLM_CUDA_NVRTC=0` (only a built package's kernels then load).
 pub fn cuda_options(graphs: bool) -> CudaOptions {
     let home = std::env::var_os("EDGELLM_HOME")
         .map(std::path::PathBuf::from)
@@ -51,11 +59,14 @@ pub fn cuda_options(graphs: bool) -> CudaOptions {
         include_dir: std::env::var_os("CUDA_HOME").map(|h| std::path::PathBuf::from(h).join("include")),
         kernel_cache: home.map(|h| h.join("kernels")),
         graphs,
+        nvrtc: std::env::var_os("EDGELLM_CUDA_NVRTC").is_none_or(|v| v != "0"),
+        ..CudaOptions::new()
     }
 }
 
 impl EngineArgs {
-    /// The engine configuration these flags describe, for at most `max_seqs` sequences at once.
+    /// The engine configuration these flags describe, for at most `max_seqs` sequences at once
+    /// (0: a plan's, else the engine's default).
     pub fn config(&self, max_seqs: usize) -> EngineConfig {
         EngineConfig {
             threads: self.threads,
@@ -66,6 +77,7 @@ impl EngineArgs {
             device: self.device,
             kv_dtype: self.kv_dtype,
             cuda: cuda_options(!self.no_cuda_graphs),
+            ignore_plan: self.no_plan,
             ..EngineConfig::default()
         }
     }
@@ -83,6 +95,16 @@ impl EngineArgs {
         );
         if let Some((name, mem)) = engine.device() {
             eprintln!("running on {name}, {:.1} GiB", mem as f64 / (1u64 << 30) as f64);
+            let c = engine.config();
+            eprintln!(
+                "kernels {}; limits: {} seqs, {} batch tokens, context {}, {} KV positions ({:?})",
+                engine.kernels().map_or("?".into(), |k| k.to_string()),
+                c.max_seqs,
+                c.max_batch_tokens,
+                c.max_context(),
+                c.kv_blocks() * c.kv_block_size,
+                engine.kv_dtype(),
+            );
         }
         if let Some((dtype, bytes)) = engine.kv_cache() {
             let c = engine.config();

@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use edgellm::backend::Device;
 use edgellm::engine::{Engine, EngineConfig, KvDtype};
+use edgellm::package::PLAN_FILE;
 use edgellm::quant::WeightFormat;
 use edgellm::source::synthetic::{presets, SyntheticSource};
 use edgellm::{ModelConfig, SamplingParams};
@@ -71,7 +72,7 @@ pub struct BenchArgs {
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
     /// Most tokens per forward pass (0: batch × prompt of the largest configuration, at most
-    /// 8192, so a batch's prefill is one pass).
+    /// 8192, so a batch's prefill is one pass; a built package's plan.json's on CUDA).
     #[arg(long, default_value_t = 0)]
     pub batch_tokens: usize,
     /// Also time each stage: tokenize, prefill, decode, sampling, detokenize.
@@ -263,7 +264,11 @@ fn parse_device(s: &str) -> Result<String, String> {
 fn load(subject: &Subject, dtype: &str, device: &str, threads: usize, args: &BenchArgs) -> Result<Engine> {
     let max = |v: &[usize]| v.iter().copied().max().unwrap_or(1);
     let (p, n, b) = (max(&args.prompt_tokens), max(&args.gen_tokens), max(&args.batch));
+    // on CUDA, a built package's plan fixes the pass size unless --batch-tokens says otherwise
+    let planned =
+        device != "cpu" && matches!(subject, Subject::File { path, .. } if path.join(PLAN_FILE).is_file());
     let batch_tokens = match args.batch_tokens {
+        0 if planned => 0,
         0 => (b * p).clamp(p.min(8192), 8192),
         t => t,
     };

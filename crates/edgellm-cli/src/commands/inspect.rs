@@ -1,9 +1,11 @@
-//! `edgellm inspect FILE`: a GGUF or safetensors file's metadata and tensor table.
+//! `edgellm inspect FILE`: a GGUF or safetensors file's metadata and tensor table; for an
+//! engine package, its manifest and build plan first.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use edgellm::package;
 use edgellm::source::gguf::{GgufFile, GgufValue};
 use edgellm::source::safetensors::SafetensorsSource;
 use edgellm::source::{TensorInfo, WeightSource};
@@ -11,7 +13,7 @@ use edgellm::source::{TensorInfo, WeightSource};
 /// Arguments of `edgellm inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A .gguf file, a .safetensors file, or an HF checkpoint directory
+    /// A .gguf file, a .safetensors file, an HF checkpoint directory or an engine package
     pub file: PathBuf,
     /// Show every element of long metadata arrays (default: the first 8)
     #[arg(long)]
@@ -30,7 +32,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             std::io::Read::read_exact(&mut f, &mut magic).map(|()| &magic == b"GGUF")
         })
         .unwrap_or(false);
-    let tensors = if is_gguf {
+    let tensors = if package::is_package(path) {
+        print_package(path)?;
+        SafetensorsSource::open(&path.join(package::WEIGHTS_FILE))?.tensor_infos()
+    } else if is_gguf {
         let g = GgufFile::open(path)?;
         println!(
             "{}: GGUF v{}, alignment {}, {} metadata keys",
@@ -51,6 +56,30 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     };
     if !args.no_tensors {
         print_tensors(&tensors);
+    }
+    Ok(())
+}
+
+/// An engine package's manifest and, when built, its plan.
+fn print_package(path: &std::path::Path) -> Result<()> {
+    let pkg = package::Package::open(path)?;
+    let m = pkg.manifest();
+    println!(
+        "{}: engine package v{} ({:?}, edgellm {}), layers {}, embedding {}, LM head {}, KV {}",
+        path.display(),
+        m.format_version,
+        m.config.architecture,
+        m.edgellm_version,
+        m.weights.layers,
+        m.weights.embed,
+        m.weights.lm_head.as_deref().unwrap_or("tied"),
+        m.kv_dtype
+    );
+    // a plan that would be refused at load is shown as such, with the package still described
+    match package::Plan::read(path, m) {
+        Ok(Some(plan)) => print!("{}", super::build::describe(&plan)),
+        Ok(None) => println!("no {} (not built for CUDA; see `edgellm build`)", package::PLAN_FILE),
+        Err(e) => println!("{} refused: {e}", package::PLAN_FILE),
     }
     Ok(())
 }

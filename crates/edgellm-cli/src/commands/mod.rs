@@ -1,6 +1,7 @@
 //! One file per subcommand: its clap `Args` struct and `fn run(args, &Context)`.
 
 pub mod bench;
+pub mod build;
 pub mod chat;
 pub mod eval;
 pub mod export;
@@ -76,5 +77,6 @@ pub fn run(args: Args) -> Result<()> {
         Command::Tokenize(a) => tokenize::run(&a, &ctx.resolve_model(Some(&a.model))?),
         Command::Inspect(a) => inspect::run(&a),
         Command::Export(a) => export::run(&a, &ctx.resolve_model(Some(&a.source))?),
+        Command::Build(a) => build::run(&a),
     }
 }

@@ -25,8 +25,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
     #[arg(long, env = "EDGELLM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Most sequences generating at once (continuous batching).
-    #[arg(long, default_value_t = 8)]
+    /// Most sequences generating at once (continuous batching) [default: a built package's
+    /// plan.json, else 8].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub max_seqs: usize,
     /// Most requests waiting for a slot; more get 503.
     #[arg(long, default_value_t = 256)]

@@ -31,6 +31,24 @@ fn kv_scales(model: &Model, dtype: KvDtype) -> Vec<[f32; 2]> {
     model.layers.iter().map(|l| l.kv_scale.unwrap_or([1.0; 2])).collect()
 }
 
+/// Whether the CUDA backend keeps a KV cache of `dtype` (fp16 or fp8 E4M3; `Auto` is fp16 there).
+fn gpu_kv(dtype: KvDtype) -> bool {
+    matches!(dtype, KvDtype::Auto | KvDtype::F16 | KvDtype::Fp8)
+}
+
+/// The CUDA device `cfg` runs on, `None` for the CPU: `auto` takes the GPU when there is one, for
+/// every weight format it runs (all but f32) and a KV dtype it keeps.
+pub(crate) fn cuda_ordinal(cfg: &EngineConfig) -> Option<usize> {
+    match cfg.device {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(n),
+        Device::Auto => {
+            (cuda::device_count() > 0 && cfg.weight_format != WeightFormat::F32 && gpu_kv(cfg.kv_dtype))
+                .then_some(0)
+        }
+    }
+}
+
 /// The forward pass and the memory it runs on.
 pub(crate) enum Executor {
     Cpu {
@@ -49,17 +67,8 @@ impl Executor {
     /// Allocates the KV pool and buffers on the configured device.
     pub(crate) fn new(model: &Model, cfg: &EngineConfig, kv: KvShape) -> Result<Executor> {
         let max_rows = cfg.max_batch_tokens.max(cfg.max_seqs);
-        // the CUDA backend keeps the KV cache in fp16 or fp8 E4M3
-        let gpu_kv = matches!(cfg.kv_dtype, KvDtype::Auto | KvDtype::F16 | KvDtype::Fp8);
-        let on_gpu = match cfg.device {
-            Device::Cpu => None,
-            Device::Cuda(n) => Some(n),
-            // auto takes the GPU for every weight format it runs (all but f32)
-            Device::Auto => {
-                (cuda::device_count() > 0 && cfg.weight_format != WeightFormat::F32 && gpu_kv).then_some(0)
-            }
-        };
-        let Some(ordinal) = on_gpu else {
+        let gpu_kv = gpu_kv(cfg.kv_dtype);
+        let Some(ordinal) = cuda_ordinal(cfg) else {
             let scratch = Scratch::new(&model.config, cfg.max_batch_tokens, max_rows);
             let cache = KvCache::with_dtype(kv, cfg.kv_dtype, kv_scales(model, cfg.kv_dtype));
             return Ok(Executor::Cpu { kv: cache, scratch: Box::new(scratch) });
@@ -98,6 +107,14 @@ impl Executor {
         match self {
             Executor::Cpu { kv, .. } => Some((kv.dtype(), kv.size_bytes())),
             Executor::Cuda { .. } => None,
+        }
+    }
+
+    /// Where the GPU's kernels came from, when running on one.
+    pub(crate) fn kernels(&self) -> Option<&cuda::KernelOrigin> {
+        match self {
+            Executor::Cpu { .. } => None,
+            Executor::Cuda { model, .. } => Some(model.kernels()),
         }
     }
 

@@ -95,8 +95,10 @@ impl Engine {
     }
 
     /// Loads an engine package (`package`): weights mapped as stored, nothing converted. A
-    /// `weight_format` other than the default f32 must match the package's layers.
-    fn load_package(path: &Path, cfg: EngineConfig, start: Instant) -> Result<Engine> {
+    /// `weight_format` other than the default f32 must match the package's layers. On CUDA, the
+    /// package's `plan.json` (from `edgellm build`), when there is one and `ignore_plan` is off,
+    /// supplies the limits left unset and the prebuilt kernels.
+    fn load_package(path: &Path, mut cfg: EngineConfig, start: Instant) -> Result<Engine> {
         let package = crate::package::Package::open(path)?;
         let stored = &package.manifest().weights.layers;
         if cfg.weight_format != crate::quant::WeightFormat::F32 && cfg.weight_format.to_string() != *stored {
@@ -110,13 +112,24 @@ impl Engine {
                 ),
             });
         }
+        // the format in force is the stored one (so that `auto` sees a GPU-capable package)
+        cfg.weight_format =
+            stored.parse().map_err(|why| Error::Invalid { what: "package weight format", why })?;
         let model = package.model()?;
-        let mut cfg = cfg.resolve(&model.config)?;
-        if cfg.kv_dtype == super::KvDtype::Auto {
+        let on_cuda = super::executor::cuda_ordinal(&cfg).is_some();
+        let plan = match on_cuda && !cfg.ignore_plan {
+            true => crate::package::Plan::read(path, package.manifest())?,
+            false => None,
+        };
+        if cfg.kv_dtype == super::KvDtype::Auto && plan.is_none() {
             // the package's recorded default
             let recorded = &package.manifest().kv_dtype;
             cfg.kv_dtype =
                 recorded.parse().map_err(|why| Error::Invalid { what: "package kv_dtype", why })?;
+        }
+        let mut cfg = cfg.resolve_within(&model.config, plan.as_ref().map(|p| &p.limits))?;
+        if let Some(plan) = &plan {
+            cfg.cuda.prebuilt = Some(plan.prebuilt(path));
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)

@@ -122,6 +122,11 @@ impl Engine {
         self.exec.device()
     }
 
+    /// On a GPU, where its kernels came from (a package's `kernels/`, NVRTC's cache or a compile).
+    pub fn kernels(&self) -> Option<&crate::backend::cuda::KernelOrigin> {
+        self.exec.kernels()
+    }
+
     /// For benchmarks, on a GPU: the device's copy bandwidth in GB/s (read + write, between two
     /// `bytes`-sized buffers allocated for the measurement); `None` on the CPU.
     pub fn device_copy_bandwidth(&self, bytes: usize) -> Option<Result<f64>> {

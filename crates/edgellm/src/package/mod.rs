@@ -42,7 +42,23 @@
 //! Loading ([`Package::open`]) checks the format version, the size and the SHA-256 of
 //! `weights.safetensors` against the manifest (always: a truncated or corrupted package is an
 //! error, not garbage), and maps every matrix in place ([`crate::quant::Buf`]).
+//!
+//! `edgellm build` ([`build`]) adds a second layer for CUDA, outside the manifest (the weights
+//! are the same on every device, and a package stays valid without it):
+//! - `plan.json` — the [`Plan`]: the engine's limits (`max_seqs`, `max_batch_tokens`,
+//!   `max_context`, `kv_tokens` KV pool positions, `kv_block_size`, `kv_dtype`), the device they
+//!   were measured on, the SHA-256 of the `weights.safetensors` it was built for, and one record
+//!   per compiled kernel image (arch, size, SHA-256, kernel source hash, NVRTC version).
+//! - `kernels/<arch>.cubin` — every kernel compiled by NVRTC for `arch` (`sm_87`, `sm_90a`, …).
+//!
+//! On CUDA, a package with a plan runs with the plan's limits wherever the caller leaves one
+//! unset; one set beyond the plan is an error (the plan fixed the memory the engine may take).
+//! The CUBIN of the device's arch is loaded instead of compiling, when its size, SHA-256 and
+//! source hash match; otherwise NVRTC compiles with a warning, or loading fails without NVRTC.
+//! A plan for other weights, or a malformed one, is an error. `export --force` replaces the
+//! whole directory, plan included.
 
+mod plan;
 mod read;
 mod write;
 
@@ -50,6 +66,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ModelConfig, Tokenizer};
 
+pub use plan::{build, BuildEvent, BuildOptions, BuiltOn, Plan, PlanLimits, PLAN_FILE};
 pub use read::Package;
 pub use write::{export, ExportEvent, ExportOptions};
 

@@ -21,7 +21,7 @@ use super::compile;
 use crate::{Error, Result};
 
 /// Where the kernels come from and go.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CudaOptions {
     /// The CUDA headers (`$CUDA_HOME/include`) for NVRTC; `None`: `/usr/local/cuda/include`.
     pub include_dir: Option<PathBuf>,
@@ -29,12 +29,28 @@ pub struct CudaOptions {
     pub kernel_cache: Option<PathBuf>,
     /// Capture decode steps as CUDA graphs (off: every step launches its kernels eagerly).
     pub graphs: bool,
+    /// Kernels compiled ahead of time into a package (its plan's), tried before NVRTC. The
+    /// engine fills it from the package's `plan.json`.
+    pub prebuilt: Option<compile::Prebuilt>,
+    /// Whether NVRTC may compile kernels (off: only `prebuilt` ones load, as where NVRTC is absent).
+    pub nvrtc: bool,
 }
 
 impl CudaOptions {
-    /// The defaults: standard headers, no cache, graphs on.
+    /// The defaults: standard headers, no cache, graphs on, NVRTC allowed, no package kernels.
     pub fn new() -> Self {
-        CudaOptions { include_dir: None, kernel_cache: None, graphs: true }
+        CudaOptions { include_dir: None, kernel_cache: None, graphs: true, prebuilt: None, nvrtc: true }
+    }
+
+    /// The CUDA headers' directory NVRTC is given: `include_dir`, else `/usr/local/cuda/include`.
+    pub fn headers(&self) -> PathBuf {
+        self.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"))
+    }
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -49,6 +65,38 @@ pub fn device_count() -> usize {
         return 0;
     }
     CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// A device as the driver describes it, without opening a context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The driver's name for it.
+    pub name: String,
+    /// Its NVRTC target ([`arch_name`]).
+    pub arch: String,
+    /// Memory in bytes.
+    pub total_mem: usize,
+}
+
+/// Describes device `ordinal`; [`Error::NoCuda`] when there is none.
+pub fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    let n = device_count();
+    if ordinal >= n {
+        return Err(Error::NoCuda { why: format!("device cuda:{ordinal} asked for, {n} present") });
+    }
+    let dev = result::device::get(ordinal as i32).map_err(driver_err("cuDeviceGet"))?;
+    let attr = |a| {
+        // SAFETY: `dev` is a valid device handle.
+        unsafe { result::device::get_attribute(dev, a) }.map_err(driver_err("cuDeviceGetAttribute"))
+    };
+    let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    Ok(DeviceInfo {
+        name: result::device::get_name(dev).map_err(driver_err("cuDeviceGetName"))?,
+        arch: arch_name((major, minor)),
+        // SAFETY: `dev` is a valid device handle.
+        total_mem: unsafe { result::device::total_mem(dev) }.map_err(driver_err("cuDeviceTotalMem"))?,
+    })
 }
 
 /// Free memory of the current context's device, in bytes (what any allocation, ours or the
@@ -110,6 +158,8 @@ pub struct Gpu {
     pdl: bool,
     /// cuBLASLt for the GEMMs (`EDGELLM_CUDA_LT=0`: cublasGemmEx, to measure what it gains).
     lt: Option<Lt>,
+    /// Where the loaded kernels came from.
+    pub kernels: compile::KernelOrigin,
 }
 
 /// cuBLASLt: a handle, its workspace (allocated once) and a plan per GEMM shape.
@@ -202,8 +252,29 @@ pub fn arch_name(cc: (i32, i32)) -> String {
     format!("sm_{}{}{suffix}", cc.0, cc.1)
 }
 
+/// Loads the kernel module for `arch` into the current context: the package's CUBIN when it
+/// has a usable one, else NVRTC's ([`compile::kernels`]). A package CUBIN the driver refuses (built
+/// by an NVRTC newer than the driver) falls back the same way, saying so.
+fn load_module(opts: &CudaOptions, arch: &str) -> Result<(sys::CUmodule, compile::KernelOrigin)> {
+    let load = |cubin: &[u8]| {
+        // SAFETY: `cubin` is a complete CUBIN image for `arch`, the device's; the context is current.
+        unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+    };
+    let (cubin, origin) = compile::kernels(opts, arch, None)?;
+    match (load(&cubin), &origin) {
+        (Ok(module), _) => Ok((module, origin)),
+        (Err(e), compile::KernelOrigin::Package(path)) => {
+            let why = format!("the driver refused {} ({e:?})", path.display());
+            let (cubin, origin) = compile::kernels(opts, arch, Some(why))?;
+            let module = load(&cubin).map_err(driver_err("cuModuleLoadData"))?;
+            Ok((module, origin))
+        }
+        (Err(e), _) => Err(driver_err("cuModuleLoadData")(e)),
+    }
+}
+
 impl Gpu {
-    /// Opens device `ordinal` and loads the kernels (compiled or from the cache).
+    /// Opens device `ordinal` and loads the kernels (the package's, NVRTC's cache or a compile).
     pub fn new(ordinal: usize, opts: &CudaOptions) -> Result<Gpu> {
         let n = device_count();
         if n == 0 {
@@ -229,11 +300,7 @@ impl Gpu {
                 why: format!("{name} is sm_{}{}; edgellm needs sm_80 or newer", cc.0, cc.1),
             });
         }
-        let include = opts.include_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/local/cuda/include"));
-        let cubin = compile::load_or_compile(opts.kernel_cache.as_deref(), &arch_name(cc), Some(&include))?;
-        // SAFETY: `cubin` is a complete CUBIN image for this device's arch; the context is current.
-        let module = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
-            .map_err(driver_err("cuModuleLoadData"))?;
+        let (module, kernels) = load_module(opts, &arch_name(cc))?;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda { op: "cublasCreate", detail: format!("{e:?}") })?;
         let pdl = cc.0 >= 9 && std::env::var("EDGELLM_CUDA_PDL").map_or(true, |v| v != "0");
@@ -246,7 +313,7 @@ impl Gpu {
             }),
             false => None,
         };
-        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl, lt })
+        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl, lt, kernels })
     }
 
     /// Makes the context current on the calling thread (the engine may move between threads).

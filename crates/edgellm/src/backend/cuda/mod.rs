@@ -3,7 +3,8 @@
 //! cudarc loads libcuda, NVRTC and cuBLAS at run time, so the binary builds and runs on machines
 //! without CUDA; asking for a device there is a clear [`crate::Error::NoCuda`]. The kernels are the
 //! `.cu` files under `kernels/`, embedded in the binary and compiled by NVRTC for the device's
-//! architecture at first use ([`compile`], cached on disk). [`CudaModel`] holds the weights, the
+//! architecture at first use ([`compile`], cached on disk), or loaded from an engine package
+//! prepared by `edgellm build` ([`Prebuilt`]: no NVRTC needed). [`CudaModel`] holds the weights, the
 //! paged KV pool and every buffer on the device; decode steps replay CUDA graphs. Weights run
 //! in fp16, bf16, int8, int4 or fp8 ([`qweights`]), the KV cache in fp16 or fp8 E4M3.
 
@@ -23,7 +24,8 @@ mod model;
 mod qweights;
 mod sample;
 
-pub use gpu::{allocations, arch_name, device_count, free_memory, CudaOptions};
+pub use compile::{KernelImage, KernelOrigin, Prebuilt};
+pub use gpu::{allocations, arch_name, device_count, device_info, free_memory, CudaOptions, DeviceInfo};
 pub use model::{CudaLimits, CudaModel};
 pub use qweights::MAX_GEMV_TOKENS;
 pub use sample::{StandaloneSampler, HOST_ROW};

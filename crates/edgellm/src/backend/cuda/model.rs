@@ -399,6 +399,11 @@ impl CudaModel {
         self.gpu.total_mem
     }
 
+    /// Where the kernels came from (package CUBIN, NVRTC cache or a fresh compile).
+    pub fn kernels(&self) -> &super::compile::KernelOrigin {
+        &self.gpu.kernels
+    }
+
     /// The device's own copy bandwidth (GB/s, read + write) over `bytes`-sized buffers.
     pub fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
         self.gpu.copy_bandwidth(bytes, 3)
