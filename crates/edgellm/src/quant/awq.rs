@@ -287,8 +287,8 @@ impl Calibration {
         x: &[f32],
         w: &Matrix,
         format: WeightFormat,
-        rows: Option<&dyn Fn(&[f32], Matrix) -> Vec<f32>>,
-        whole: &dyn Fn(&[f32], Matrix) -> Vec<f32>,
+        rows: Option<&Block<'_>>,
+        whole: &Block<'_>,
     ) -> Vec<f32> {
         let (n, k) = (w.rows, w.cols);
         let MatrixData::F32(wv) = &w.data else { unreachable!("f32 layer") };
@@ -327,6 +327,9 @@ impl Calibration {
         best
     }
 }
+
+/// A block output as a function of the scales (or the scaled inputs) and a candidate matrix.
+type Block<'a> = dyn Fn(&[f32], Matrix) -> Vec<f32> + 'a;
 
 /// What [`Calibration::run`] leaves behind.
 struct Pass {
