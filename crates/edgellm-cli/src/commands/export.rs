@@ -28,13 +28,14 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 128)]
     pub group_size: usize,
     /// Scale weight columns by their activations before quantizing (AWQ), calibrated on --calib
-    /// or on a built-in text.
+    /// or on a built-in text. With the built-in text it currently raises Qwen2.5-Coder-0.5B's
+    /// int4 perplexity on held-out text (3.99 -> 4.25 at group 128, see BENCHMARKS.md).
     #[arg(long)]
     pub awq: bool,
     /// Round int4 weights by GPTQ: each column's rounding error is fed back into the columns
     /// not yet quantized, against the layer's calibration inputs (same int4 format; with or
-    /// without --awq). Gains little with the built-in 512-token text (Qwen2.5-Coder-0.5B int4-AWQ
-    /// perplexity 4.68 -> 4.60, see BENCHMARKS.md); a longer --calib text suits it better.
+    /// without --awq). Does not pay with the built-in 512-token text (Qwen2.5-Coder-0.5B int4
+    /// perplexity 3.99 -> 4.20, see BENCHMARKS.md); a longer --calib text suits it better.
     #[arg(long)]
     pub gptq: bool,
     /// Calibration text file for --awq, --gptq and --kv fp8 (default: a built-in mix of prose and

@@ -143,14 +143,25 @@ impl Calibration {
     }
 
     /// Folds AWQ's per-input-channel scales into `layer` (f32): the QKV and gate/up columns
-    /// with their norms, the down columns with the up rows of `w_gate_up`.
+    /// with their norms, the down columns with the up rows of `w_gate_up`. As in llm-awq, each
+    /// candidate is judged on the output of the block the matrix feeds — attention for QKV (its
+    /// errors pass through RoPE and softmax), the whole MLP for gate/up (through the gated
+    /// activation and the down projection) — not on the matrix's own outputs: judged on those,
+    /// the QKV and gate/up scales made Qwen2.5-Coder-0.5B's perplexity worse (BENCHMARKS.md).
     fn fold_scales(&self, layer: &mut Layer, format: WeightFormat) {
         let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
         let eps = self.cfg.rms_norm_eps;
-        // inputs of the QKV projection
+        let act_fn = self.cfg.hidden_act;
+        // inputs of the QKV projection; the candidates' attention outputs over all tokens
         let mut h_attn = vec![0f32; t * hidden];
         ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h_attn);
-        let s_qkv = self.search(&h_attn, &layer.wqkv, format);
+        let attention = |s: &[f32], q: Matrix| {
+            let mut l = layer.clone();
+            l.wqkv = q;
+            l.attn_norm.iter_mut().zip(s).for_each(|(w, s)| *w /= s);
+            self.run(&l, true).attn
+        };
+        let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention);
         scale_columns(&mut layer.wqkv, &s_qkv);
         layer.attn_norm.iter_mut().zip(&s_qkv).for_each(|(w, s)| *w /= s);
         // the residual stream after attention: the layer run with its MLP output zeroed
@@ -160,11 +171,27 @@ impl Calibration {
         let mut gate_up = vec![0f32; t * 2 * ffn];
         matmul(&h_ffn, t, &layer.w_gate_up, &mut gate_up);
         let mut act = vec![0f32; t * ffn];
-        ops::gated_act(&gate_up, ffn, self.cfg.hidden_act, &mut act);
-        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format);
+        ops::gated_act(&gate_up, ffn, act_fn, &mut act);
+        // the MLP's output for loss rows `h` (already divided by the scales) through gate/up `q`
+        let w_down = &layer.w_down;
+        let mlp = |h: &[f32], q: Matrix| {
+            let m = h.len() / hidden;
+            let (mut gu, mut a, mut out) =
+                (vec![0f32; m * 2 * ffn], vec![0f32; m * ffn], vec![0f32; m * hidden]);
+            matmul(h, m, &q, &mut gu);
+            ops::gated_act(&gu, ffn, act_fn, &mut a);
+            matmul(&a, m, w_down, &mut out);
+            out
+        };
+        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format, Some(&mlp), &|_, _| unreachable!());
+        let own = |x: &[f32], q: Matrix| {
+            let mut out = vec![0f32; x.len() / q.cols * q.rows];
+            matmul(x, x.len() / q.cols, &q, &mut out);
+            out
+        };
+        let s_down = self.search(&act, &layer.w_down, format, Some(&own), &|_, _| unreachable!());
         scale_columns(&mut layer.w_gate_up, &s_gu);
         layer.ffn_norm.iter_mut().zip(&s_gu).for_each(|(w, s)| *w /= s);
-        let s_down = self.search(&act, &layer.w_down, format);
         scale_columns(&mut layer.w_down, &s_down);
         let MatrixData::F32(gu) = &layer.w_gate_up.data else { unreachable!("f32 layer") };
         let mut up = gu.to_vec();
@@ -251,8 +278,18 @@ impl Calibration {
         }
     }
 
-    /// The per-input-channel scale for `w` with inputs `x: [tokens, w.cols]`.
-    fn search(&self, x: &[f32], w: &Matrix, format: WeightFormat) -> Vec<f32> {
+    /// The per-input-channel scale for `w` with inputs `x: [tokens, w.cols]`. A candidate `s`
+    /// is judged by the block output it gives against the f32 one: `rows(xs / s, Q(w·diag(s)))`
+    /// on the loss rows `xs` when `rows` is given, else `whole(s, Q(w·diag(s)))` (a block that
+    /// needs every token, e.g. attention).
+    fn search(
+        &self,
+        x: &[f32],
+        w: &Matrix,
+        format: WeightFormat,
+        rows: Option<&Block<'_>>,
+        whole: &Block<'_>,
+    ) -> Vec<f32> {
         let (n, k) = (w.rows, w.cols);
         let MatrixData::F32(wv) = &w.data else { unreachable!("f32 layer") };
         let mut mean = vec![0f32; k];
@@ -263,9 +300,15 @@ impl Calibration {
         // the loss rows: evenly spaced tokens
         let m = self.opts.loss_tokens.min(self.tokens);
         let xs: Vec<f32> = (0..m).flat_map(|r| x[r * self.tokens / m * k..][..k].iter().copied()).collect();
-        let mut want = vec![0f32; m * n];
-        matmul(&xs, m, w, &mut want);
-        let mut got = vec![0f32; m * n];
+        let block = |s: &[f32], q: Matrix| match rows {
+            Some(f) => {
+                let xq: Vec<f32> =
+                    xs.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(x, s)| x / s)).collect();
+                f(&xq, q)
+            }
+            None => whole(s, q),
+        };
+        let want = block(&vec![1.0; k], w.clone());
         let (mut best, mut best_err) = (vec![1f32; k], f64::INFINITY);
         for step in 0..self.opts.grid.max(1) {
             let alpha = step as f32 / self.opts.grid.max(1) as f32;
@@ -275,10 +318,7 @@ impl Calibration {
             s.iter_mut().for_each(|v| *v /= norm);
             let scaled: Vec<f32> =
                 wv.chunks_exact(k).flat_map(|row| row.iter().zip(&s).map(|(w, s)| w * s)).collect();
-            let q = Matrix::from_f32(n, k, scaled).converted(format);
-            let xq: Vec<f32> =
-                xs.chunks_exact(k).flat_map(|row| row.iter().zip(&s).map(|(x, s)| x / s)).collect();
-            matmul(&xq, m, &q, &mut got);
+            let got = block(&s, Matrix::from_f32(n, k, scaled).converted(format));
             let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
             if err < best_err {
                 (best, best_err) = (s, err);
@@ -287,6 +327,9 @@ impl Calibration {
         best
     }
 }
+
+/// A block output as a function of the scales (or the scaled inputs) and a candidate matrix.
+type Block<'a> = dyn Fn(&[f32], Matrix) -> Vec<f32> + 'a;
 
 /// What [`Calibration::run`] leaves behind.
 struct Pass {

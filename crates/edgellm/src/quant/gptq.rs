@@ -1,5 +1,5 @@
-//! GPTQ rounding (Frantar et al. 2022) for int4 weights at export: the same symmetric group
-//! format as [`super::int4`] (the kernels do not change), but each column's rounding error is
+//! GPTQ rounding (Frantar et al. 2022) for int4 weights at export: the same group format and
+//! grid as [`super::int4`] (the kernels do not change), but each column's rounding error is
 //! fed back into the columns not yet quantized, weighted by the inverse Hessian of the layer's
 //! calibration inputs, so the *output* error `‖(W − Q)·X‖` is minimised rather than each weight's.
 //!
@@ -76,7 +76,7 @@ pub(crate) fn quantize(w: &[f32], rows: usize, k: usize, group: usize, x: &[f32]
     (int4::pack(&vals, rows, k), scales)
 }
 
-/// GPTQ over one block `w: [rows, k]` with Hessian `h`: the values in `[-7, 7]` and the group
+/// GPTQ over one block `w: [rows, k]` with Hessian `h`: the values in `[-8, 7]` and the group
 /// scales. Falls back to plain rounding if `h` cannot be factored even with growing damping.
 fn quantize_block(w: &[f32], rows: usize, k: usize, group: usize, h: &[f64]) -> (Vec<i8>, Vec<f32>) {
     let mut vals = vec![0i8; rows * k];
@@ -104,17 +104,16 @@ fn quantize_rows(w: &mut [f32], vals: &mut [i8], scales: &mut [f32], k: usize, g
         let g = j / group;
         if j % group == 0 {
             for r in 0..n {
-                let amax = w[r * k + j..r * k + j + group].iter().fold(0f32, |m, v| m.max(v.abs()));
-                scales[r * groups + g] = amax / 7.0;
+                scales[r * groups + g] = int4::group_scale(&w[r * k + j..r * k + j + group]);
             }
         }
         let d = u[j * k + j];
         for r in 0..n {
             let s = scales[r * groups + g];
             let x = w[r * k + j];
-            let q = if s == 0.0 { 0.0 } else { (x / s).round().clamp(-7.0, 7.0) };
-            vals[r * k + j] = q as i8;
-            err[r] = (x - q * s) / d;
+            let q = int4::code(x, s);
+            vals[r * k + j] = q;
+            err[r] = (x - q as f32 * s) / d;
         }
         let urow = &u[j * k + j + 1..(j + 1) * k];
         for r in 0..n {
