@@ -190,6 +190,13 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> Result<()> {
     for device in &args.device {
         for dtype in &args.dtype {
             let mut engine = load(&subject, dtype, device, threads, args)?;
+            // a package runs the format it stores whatever `--dtype` said (f32, the default):
+            // report that one
+            let format = engine.config().weight_format;
+            let dtype = &match dtype.parse::<WeightFormat>() {
+                Ok(asked) if asked == format => dtype.clone(),
+                _ => format.to_string(),
+            };
             // on a GPU, bandwidth use is measured against the GPU's own copy rate
             let mut machine = machine.clone();
             if let Some((gpu, mem)) = engine.device() {
