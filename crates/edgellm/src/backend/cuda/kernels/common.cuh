@@ -94,6 +94,41 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The row reduction of the CUDA-core decode GEMVs (gemv_rows.cu, quant.cu): each warp's per-lane
+// sums (and the up half's, GATED) reduced over the warp, then over the `ksplit` warps of a row
+// through `red` in warp order (the same sum at every batch size). Returns whether this warp holds
+// the row's totals (its first part); the others are done. Every thread of the block must call it.
+template <int NT, bool GATED>
+__device__ __forceinline__ bool row_sums(float* acc, float* acc_u, float (*red)[4][NT], int warp, int lane,
+                                         int part, int ksplit) {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        acc[t] = warp_sum(acc[t]);
+        if (GATED) acc_u[t] = warp_sum(acc_u[t]);
+    }
+    if (ksplit == 1) return true;
+    if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            red[0][warp][t] = acc[t];
+            red[1][warp][t] = acc_u[t];
+        }
+    }
+    __syncthreads();
+    if (part != 0) return false;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = 0.f, u = 0.f;
+        for (int p = 0; p < ksplit; p++) {
+            v += red[0][warp + p][t];
+            u += red[1][warp + p][t];
+        }
+        acc[t] = v;
+        acc_u[t] = u;
+    }
+    return true;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));

@@ -72,32 +72,7 @@ __device__ void gemv_rows_impl(const u16* __restrict__ w, const u16* __restrict_
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t] = warp_sum(acc[t]);
-        if (GATED) acc_u[t] = warp_sum(acc_u[t]);
-    }
-    if (ksplit > 1) {
-        if (lane == 0) {
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                red[0][warp][t] = acc[t];
-                red[1][warp][t] = acc_u[t];
-            }
-        }
-        __syncthreads();
-        if (part != 0) return;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float v = 0.f, u = 0.f;
-            for (int p = 0; p < ksplit; p++) {  // in order: the same sum at every batch size
-                v += red[0][warp + p][t];
-                u += red[1][warp + p][t];
-            }
-            acc[t] = v;
-            acc_u[t] = u;
-        }
-    }
+    if (!row_sums<NT, GATED>(acc, acc_u, red, warp, lane, part, ksplit)) return;
     if (!valid || lane != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {

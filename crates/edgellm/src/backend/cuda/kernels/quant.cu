@@ -80,8 +80,8 @@ struct WHalf {
 // vectors), grid = ceil(rows * ksplit / 4); U 16-byte loads per lane in flight, the first issued
 // before waiting for the previous kernel. `in` is a multiple of P::ELEMS. Sums are in fp32: per
 // vector for grouped scales (scaled once per vector), per row otherwise (scaled at the end).
-// The warp-split reduction and the epilogues repeat gemv.cu's: the two skeletons become one when
-// the fp16 GEMV's restructuring (fused prologues/epilogues) settles, with these policies plugged in.
+// The row reduction is gemv_rows.cu's (common.cuh `row_sums`); the load loop and epilogue differ
+// by the policy's unpacking and scales.
 template <class P, int NT, bool GATED>
 __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict__ scales, const u16* __restrict__ x,
                            void* out, int rows, int in, int vpg, float row_factor, float cap, int act, int ksplit) {
@@ -157,32 +157,7 @@ __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict_
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t] = warp_sum(acc[t]);
-        if (GATED) acc_u[t] = warp_sum(acc_u[t]);
-    }
-    if (ksplit > 1) {
-        if (lane == 0) {
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                red[0][warp][t] = acc[t];
-                red[1][warp][t] = acc_u[t];
-            }
-        }
-        __syncthreads();
-        if (part != 0) return;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float v = 0.f, u = 0.f;
-            for (int p = 0; p < ksplit; p++) {  // in order: the same sum at every batch size
-                v += red[0][warp + p][t];
-                u += red[1][warp + p][t];
-            }
-            acc[t] = v;
-            acc_u[t] = u;
-        }
-    }
+    if (!row_sums<NT, GATED>(acc, acc_u, red, warp, lane, part, ksplit)) return;
     if (!valid || lane != 0) return;
     float rw = 1.f, ru = 1.f;
     if (scales && vpg == 0) {
