@@ -1,7 +1,7 @@
 //! Every CUDA kernel against its CPU twin on fresh random inputs (a new seed each run, printed
 //! so a failure can be replayed with `EDGELLM_TEST_SEED`): embedding, RMSNorm (plain and with
 //! the residual), the GEMV of every weight format at 1-8 tokens with the soft cap and the fused
-//! gate/up, the prefill path of quantized matrices (dequantize + GEMM, or the GEMV over groups of
+//! gate/up (and, for 16-bit weights, with a decode layer's input norm and residual add folded in), the prefill path of quantized matrices (dequantize + GEMM, or the GEMV over groups of
 //! tokens), RoPE with the paged KV write and paged attention for prefill and split-K decode over
 //! fp16 and fp8 caches (GQA, sliding window, soft cap), and the argmax. Outputs start poisoned
 //! (NaN), so an element a kernel does not write fails. Errors are ‖got − want‖ / ‖want‖ against
@@ -12,7 +12,7 @@ mod common;
 
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
-use edgellm::backend::cuda::harness::{Arg, Epilogue, GemvKernel, Kernels};
+use edgellm::backend::cuda::harness::{Arg, Epilogue, Fusion, GemvKernel, Kernels};
 use edgellm::backend::cuda::CudaOptions;
 use edgellm::kv::{KvShape, LayerKv, LayerView};
 use edgellm::quant::{fp8, WeightFormat};
@@ -636,6 +636,80 @@ fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
                 ));
             }
             eprintln!("gemv {family:?} {dt} {rows}x{cols}: worst {worst:.2e}");
+        }
+    }
+}
+
+/// Activations (`activations`) read back from a gated GEMV's output: fp16, or bf16 hi + lo.
+fn read_activations(
+    k: &Kernels,
+    dt: &str,
+    out: &edgellm::backend::cuda::harness::Buffer,
+    len: usize,
+) -> Vec<f32> {
+    let h: Vec<u16> = k.download(out, if dt == "f16" { len } else { 2 * len }).unwrap();
+    if dt == "f16" {
+        return f16_bits_to_f32(&h);
+    }
+    let b = |v: u16| half::bf16::from_bits(v).to_f32();
+    (0..len).map(|i| b(h[i]) + b(h[len + i])).collect()
+}
+
+#[test]
+fn decode_gemv_folds_in_the_input_norm_and_the_residual_add() {
+    let Some(k) = kernels() else { return };
+    let mut rng = rng("fused");
+    let eps = 1e-5f32;
+    let cases = [("f16", WeightFormat::F16), ("bf16", WeightFormat::BF16)];
+    for (rows, cols) in [(300, 896), (40, 4096)] {
+        let w = uniform(&mut rng, rows * cols, 0.5);
+        for (dt, format) in cases {
+            let m = Matrix::from_f32(rows, cols, w.clone()).converted(format);
+            let mut worst = 0f64;
+            for n in [1, 2, 5, 8] {
+                let what = format!("{format} as {dt} {rows}x{cols} n={n}");
+                // the norm: x is the fp32 residual stream, g the norm's weights
+                let x = uniform(&mut rng, n * cols, 2.0);
+                let g = uniform(&mut rng, cols, 1.5);
+                let mut normed = x.clone();
+                for row in normed.chunks_mut(cols) {
+                    ops::rmsnorm_inplace(row, &g, 0.0, eps);
+                }
+                let (_, xv) = activations(dt, &normed);
+                let want = reference_matmul(&m, &xv, n);
+                let (xb, gb) = (k.upload(&x).unwrap(), k.upload(&g).unwrap());
+                let fuse = Fusion { norm: gb.ptr(), eps, residual: false };
+                let out = k.poisoned(n * rows * 4).unwrap();
+                k.project(&m, dt, &xb, n, &out, false, fuse).unwrap();
+                let got = k.download::<f32>(&out, n * rows).unwrap();
+                worst = worst.max(rel_err(&format!("{what} norm"), &got, &want, 1e-4));
+                // the same input into the gate/up GEMV, `m` as [gate; up]
+                let ffn = rows / 2;
+                let mut act = vec![0f32; n * ffn];
+                for t in 0..n {
+                    let gu: Vec<f32> = want[t * rows..(t + 1) * rows].iter().map(|&v| v as f32).collect();
+                    ops::gated_act(
+                        &gu,
+                        ffn,
+                        edgellm::config::Activation::Silu,
+                        &mut act[t * ffn..(t + 1) * ffn],
+                    );
+                }
+                let out = k.poisoned(2 * n * ffn * 2).unwrap();
+                k.project(&m, dt, &xb, n, &out, true, fuse).unwrap();
+                let got = read_activations(&k, dt, &out, n * ffn);
+                worst = worst.max(rel_err(&format!("{what} norm gated"), &got, &f64s(&act), 2e-3));
+                // the residual add: the sums added to the fp32 output
+                let (xa, xv) = activations(dt, &uniform(&mut rng, n * cols, 1.0));
+                let base = uniform(&mut rng, n * rows, 4.0);
+                let want: Vec<f64> =
+                    reference_matmul(&m, &xv, n).iter().zip(&base).map(|(v, &b)| v + b as f64).collect();
+                let (xb, out) = (k.upload(&xa).unwrap(), k.upload(&base).unwrap());
+                k.project(&m, dt, &xb, n, &out, false, Fusion { residual: true, ..Fusion::NONE }).unwrap();
+                let got = k.download::<f32>(&out, n * rows).unwrap();
+                worst = worst.max(rel_err(&format!("{what} residual"), &got, &want, 1e-4));
+            }
+            eprintln!("fused {format} as {dt} {rows}x{cols}: worst {worst:.2e}");
         }
     }
 }

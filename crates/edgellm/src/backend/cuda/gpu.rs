@@ -153,11 +153,16 @@ pub struct Gpu {
     pub sm_count: usize,
     /// Device memory in bytes.
     pub total_mem: usize,
+    /// Most dynamic shared memory a block may opt in to, in bytes.
+    pub max_shared: usize,
     /// Launch kernels with programmatic dependent launch (sm_90+; `EDGELLM_CUDA_PDL=0` turns it
     /// off, to measure what it gains).
     pdl: bool,
     /// cuBLASLt for the GEMMs (`EDGELLM_CUDA_LT=0`: cublasGemmEx, to measure what it gains).
     lt: Option<Lt>,
+    /// Row-group GEMVs in one resident wave ([`Gpu::row_group_grid`]; `EDGELLM_CUDA_ONE_WAVE=0`:
+    /// a block per group, to measure what it gains).
+    one_wave: bool,
     /// Where the loaded kernels came from.
     pub kernels: compile::KernelOrigin,
 }
@@ -292,6 +297,9 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver_err("cuDeviceGetAttribute"))? as usize;
+        let max_shared = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver_err("cuDeviceGetAttribute"))? as usize;
         // SAFETY: the device handle is valid.
         let total_mem =
             unsafe { result::device::total_mem(ctx.cu_device()) }.map_err(driver_err("cuDeviceTotalMem"))?;
@@ -313,7 +321,22 @@ impl Gpu {
             }),
             false => None,
         };
-        Ok(Gpu { ctx, stream, module, blas, name, cc, sm_count, total_mem, pdl, lt, kernels })
+        let one_wave = std::env::var("EDGELLM_CUDA_ONE_WAVE").map_or(true, |v| v != "0");
+        Ok(Gpu {
+            ctx,
+            stream,
+            module,
+            blas,
+            name,
+            cc,
+            sm_count,
+            total_mem,
+            max_shared,
+            pdl,
+            lt,
+            one_wave,
+            kernels,
+        })
     }
 
     /// Makes the context current on the calling thread (the engine may move between threads).
@@ -330,10 +353,7 @@ impl Gpu {
         shmem: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
-        let cname = CString::new(name).expect("kernel names hold no NUL");
-        // SAFETY: `module` is loaded; a missing name is reported as an error.
-        let f = unsafe { result::module::get_function(self.module, cname) }
-            .map_err(|e| Error::Cuda { op: "cuModuleGetFunction", detail: format!("{name}: {e:?}") })?;
+        let f = self.function(name, shmem)?;
         // programmatic dependent launch: the kernel may start during the previous one's tail
         // (every kernel waits for it before touching its outputs: common.cuh `pdl_start`)
         let mut attr = sys::CUlaunchAttribute {
@@ -358,6 +378,50 @@ impl Gpu {
         unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| Error::Cuda { op: "cuLaunchKernelEx", detail: format!("{name}: {e:?}") })
+    }
+
+    /// Kernel `name` of the loaded module, allowed `shmem` bytes of dynamic shared memory.
+    fn function(&self, name: &str, shmem: u32) -> Result<sys::CUfunction> {
+        let cname = CString::new(name).expect("kernel names hold no NUL");
+        // SAFETY: `module` is loaded; a missing name is reported as an error.
+        let f = unsafe { result::module::get_function(self.module, cname) }
+            .map_err(|e| Error::Cuda { op: "cuModuleGetFunction", detail: format!("{name}: {e:?}") })?;
+        if shmem > 48 << 10 {
+            // above the default limit a kernel must opt in (up to the device's per-block maximum)
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            // SAFETY: `f` is a valid function handle.
+            unsafe { sys::cuFuncSetAttribute(f, attr, shmem as i32) }.result().map_err(|e| Error::Cuda {
+                op: "cuFuncSetAttribute",
+                detail: format!("{name}: {shmem} bytes of shared memory: {e:?}"),
+            })?;
+        }
+        Ok(f)
+    }
+
+    /// The grid of row-group GEMV `name` (kernels/gemv_rows.cu, quant.cu: blocks of `threads`
+    /// and `shmem` bytes of dynamic shared memory that loop over `groups` groups of rows): as many
+    /// blocks as the SMs hold at once, at most
+    /// `groups`, so the whole matrix streams in one wave.
+    pub fn row_group_grid(&self, name: &str, groups: u32, threads: u32, shmem: u32) -> Result<u32> {
+        if !self.one_wave {
+            return Ok(groups);
+        }
+        let mut per_sm = 0i32;
+        // SAFETY: the function handle is valid and `per_sm` outlives the call.
+        unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut per_sm,
+                self.function(name, shmem)?,
+                threads as i32,
+                shmem as usize,
+            )
+        }
+        .result()
+        .map_err(|e| Error::Cuda {
+            op: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            detail: format!("{name}: {e:?}"),
+        })?;
+        Ok(groups.min(per_sm.max(1) as u32 * self.sm_count as u32))
     }
 
     /// Copies `src` to device address `dst` (stream-ordered).

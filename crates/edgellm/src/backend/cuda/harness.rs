@@ -7,6 +7,7 @@ use std::ffi::c_void;
 use super::gpu::{CudaOptions, DevBuf, Gpu};
 use super::qweights::GpuMatrix;
 
+pub use super::model::Fusion;
 pub use super::model::{Epilogue, GemvKernel};
 use crate::backend::cpu::Matrix;
 use crate::Result;
@@ -118,7 +119,34 @@ impl Kernels {
         out: &Buffer,
         shape: (usize, usize),
     ) -> Result<()> {
-        super::model::launch_gemv(&self.gpu, family, dt, epi, act, (x.ptr(), n), w.ptr(), out.ptr(), shape)?;
+        let (x, w, out) = ((x.ptr(), n), w.ptr(), out.ptr());
+        super::model::launch_gemv(&self.gpu, family, dt, epi, act, x, w, out, shape, Fusion::NONE)?;
+        self.gpu.sync()
+    }
+
+    /// A decode layer's projection of 16-bit `m` (in `dt`) over `n` ≤ 8 tokens with `fuse` folded
+    /// in, as the model runs it (the CUDA-core GEMV): plain (fp32 `[n, rows]` into `out`) or
+    /// `gated` (`m` = `[gate; up]`, SiLU).
+    #[allow(clippy::too_many_arguments)]
+    pub fn project(
+        &self,
+        m: &Matrix,
+        dt: &str,
+        x: &Buffer,
+        n: usize,
+        out: &Buffer,
+        gated: bool,
+        fuse: Fusion,
+    ) -> Result<()> {
+        let w = GpuMatrix::upload(&self.gpu, m)?;
+        if !w.is_native(dt) {
+            let why = format!("a {:?} matrix is not in the activation type {dt}", w.format);
+            return Err(crate::Error::Invalid { what: "matrix", why });
+        }
+        let rows = if gated { m.rows / 2 } else { m.rows };
+        let epi = if gated { Epilogue::Gated } else { Epilogue::Plain { cap: 0.0 } };
+        let (x, w, out) = ((x.ptr(), n), w.w.ptr(), out.ptr());
+        super::model::launch_gemv(&self.gpu, GemvKernel::Rows, dt, epi, 0, x, w, out, (rows, m.cols), fuse)?;
         self.gpu.sync()
     }
 

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 
 /// Blocks per logit row of the argmax (kernels/sample.cu).
 const ARGMAX_SPLITS: usize = 32;
+/// Widest residual stream a decode GEMV normalises itself (common.cuh `NORM_VECS` float4s per
+/// thread of 128).
+const FUSED_NORM_MAX: usize = 4 * 8 * 128;
 /// Most split-K partitions of decode attention.
 const MAX_SPLITS: usize = 16;
 
@@ -100,6 +103,12 @@ pub struct CudaModel {
     use_graphs: bool,
     // the tensor-core prefill attention (`EDGELLM_CUDA_FLASH=0` turns it off, to measure it)
     flash_prefill: bool,
+    // decode steps fold the layers' norms and residual adds into their projections (`Fusion`):
+    // where every projection is 16-bit on `GemvKernel::Rows` (the quantized GEMVs' register
+    // budget of 8 blocks per SM leaves no room for the norm's registers: NOTES.md "fn"), no
+    // post-norms (Gemma 3), and the normalised input fits a block's shared memory;
+    // `EDGELLM_CUDA_FUSE_NORM=0` turns it off, to measure it
+    fuse_norms: bool,
     // the decode GEMV family, fixed at load for every batch size (see `GemvKernel`)
     gemv_kernel: GemvKernel,
     staging: Vec<u32>, // host image of `Arena::inputs`
@@ -173,6 +182,7 @@ pub(crate) fn launch_gemv(
     w: u64,
     out: u64,
     (rows, cols): (usize, usize),
+    fuse: Fusion,
 ) -> Result<()> {
     let (kind, cap, gated) = match epi {
         Epilogue::Plain { cap } => ("", cap, false),
@@ -180,16 +190,51 @@ pub(crate) fn launch_gemv(
     };
     match family {
         GemvKernel::TensorCores => {
+            if fuse.norm != 0 || fuse.residual {
+                return Err(Error::Invalid {
+                    what: "GEMV",
+                    why: "the tensor-core decode GEMV folds in no norm or residual add".into(),
+                });
+            }
             let (grid, threads) = gemv_layout(rows, cols, gated);
             launch!(gpu, format!("gemv{kind}_{dt}_n{n}"), grid, threads, 0;
                 w, x, out, rows as i32, cols as i32, cap, act)
         }
         GemvKernel::Rows => {
             let ks = rows_ksplit(cols);
-            let grid = ((rows as u32 * ks as u32).div_ceil(4), 1);
-            launch!(gpu, format!("gemv_rows{kind}_{dt}_n{n}"), grid, 128, 0;
-                w, x, out, rows as i32, cols as i32, cap, act, ks)
+            let name = format!("gemv_rows{kind}_{dt}_n{n}");
+            let shmem = fuse.shared_bytes(n, cols, dt == "bf16");
+            let grid = gpu.row_group_grid(&name, (rows as u32 * ks as u32).div_ceil(4), 128, shmem)?;
+            launch!(gpu, name, (grid, 1), 128, shmem;
+                w, x, out, rows as i32, cols as i32, cap, act, ks, fuse.norm, fuse.eps, fuse.residual as i32)
         }
+    }
+}
+
+/// What a decode GEMV folds in around its sums (kernels/gemv_rows.cu `norm`, `residual`): the input's RMSNorm (`x` is then the fp32 residual stream, normalised with the
+/// weights at device address `norm` into the block's shared memory) and the residual add (the
+/// sums are added to the fp32 output). Saves a norm kernel per projection input in a decode layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Fusion {
+    /// RMSNorm weights (f32) of the input, 0 for none.
+    pub norm: u64,
+    /// The norm's epsilon.
+    pub eps: f32,
+    /// Add the sums to the output.
+    pub residual: bool,
+}
+
+impl Fusion {
+    /// Nothing folded in: activations in, sums stored.
+    pub const NONE: Fusion = Fusion { norm: 0, eps: 0.0, residual: false };
+
+    /// The dynamic shared memory of a GEMV over `n` tokens of `cols` inputs: the normalised
+    /// input as 16-bit activations (two arrays under bf16's `split`), none without `norm`.
+    pub fn shared_bytes(&self, n: usize, cols: usize, split: bool) -> u32 {
+        if self.norm == 0 {
+            return 0;
+        }
+        (n * cols * 2 * if split { 2 } else { 1 }) as u32
     }
 }
 
@@ -354,6 +399,18 @@ impl CudaModel {
             tables: at(3 * t + r + sample_words),
             ..a
         };
+        let gemv_kernel = GemvKernel::for_engine(limits.max_seqs)?;
+        let split = dt == "bf16";
+        let fuse_norms = std::env::var("EDGELLM_CUDA_FUSE_NORM").map_or(true, |v| v != "0")
+            && layers.iter().all(|l| {
+                l.post_attn_norm.is_none()
+                    && l.post_ffn_norm.is_none()
+                    && [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down].iter().all(|m| m.is_native(dt))
+            })
+            && gemv_kernel == GemvKernel::Rows
+            && hidden <= FUSED_NORM_MAX
+            && Fusion { norm: 1, ..Fusion::NONE }.shared_bytes(MAX_GEMV_TOKENS, hidden, split) as usize
+                <= gpu.max_shared;
         let out = CudaModel {
             embed: mat(&model.embed)?,
             embed_scale: model.embed_scale,
@@ -375,7 +432,8 @@ impl CudaModel {
             sampler: DeviceSampler::new(&gpu, limits.max_seqs)?,
             use_graphs: opts.graphs,
             flash_prefill: std::env::var("EDGELLM_CUDA_FLASH").map_or(true, |v| v != "0"),
-            gemv_kernel: GemvKernel::for_engine(limits.max_seqs)?,
+            fuse_norms,
+            gemv_kernel,
             staging: vec![0; 3 * t + r + sample_words + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
@@ -526,11 +584,25 @@ impl CudaModel {
         // embed (the table's own type: bf16 in a quantized model whose activations are fp16)
         let table = if self.embed.format == Format::BF16 { "bf16" } else { "f16" };
         launch!(g, format!("embed_{table}"), (nu, 1), 1024, 0; a.tokens, self.embed.w.ptr(), a.x.ptr(), hidden, self.embed_scale)?;
-        let first = &self.layers[0];
-        launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 1024, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
+        // decode: each projection normalises its own input from the residual stream and the
+        // output projections add into it (`Fusion`); prefill: norm kernels between GEMMs
+        let fused = self.fuse_norms && n <= MAX_GEMV_TOKENS;
+        let normed = |norm: &DevBuf| match fused {
+            true => (a.x.ptr(), Fusion { norm: norm.ptr(), eps, residual: false }),
+            false => (a.hn.ptr(), Fusion::NONE),
+        };
+        let (residual, add) = match fused {
+            true => (a.x.ptr(), Fusion { residual: true, ..Fusion::NONE }),
+            false => (a.h.ptr(), Fusion::NONE),
+        };
+        if !fused {
+            let first = &self.layers[0];
+            launch!(g, format!("rmsnorm_{dt}"), (nu, 1), 1024, 0; a.x.ptr(), first.attn_norm.ptr(), a.hn.ptr(), 0u64, hidden, eps)?;
+        }
         for (li, l) in self.layers.iter().enumerate() {
             // QKV projection, then bias, q/k norms, RoPE and the KV write in one kernel
-            self.matmul(a.hn.ptr(), n, &l.wqkv, a.qkv.ptr(), 0.0)?;
+            let (x_in, fuse) = normed(&l.attn_norm);
+            self.project(x_in, n, &l.wqkv, a.qkv.ptr(), fuse)?;
             let n_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) as u32;
             let [k_scale, v_scale] = l.kv_scale;
             if self.kv_fp8 {
@@ -585,23 +657,28 @@ impl CudaModel {
                     c.attn_scale(), window, cap)?;
             }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
-            self.matmul(a.attn.ptr(), n, &l.wo, a.h.ptr(), 0.0)?;
-            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
-                a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
+            self.project(a.attn.ptr(), n, &l.wo, residual, add)?;
+            if !fused {
+                launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
+                    a.x.ptr(), a.h.ptr(), opt(&l.post_attn_norm), l.ffn_norm.ptr(), a.hn.ptr(), hidden, eps)?;
+            }
             // MLP: fused gate/up with the activation, down projection
+            let (x_in, fuse) = normed(&l.ffn_norm);
             if n <= MAX_GEMV_TOKENS && !l.w_gate_up.is_native(dt) {
-                l.w_gate_up.gemv_gated(g, a.hn.ptr(), n, a.act.ptr(), self.act_code())?;
+                l.w_gate_up.gemv_gated(g, x_in, n, a.act.ptr(), self.act_code())?;
             } else if n <= MAX_GEMV_TOKENS {
-                self.gemv(Epilogue::Gated, a.hn.ptr(), n, &l.w_gate_up.w, a.act.ptr(), (ffn, c.hidden_size))?;
+                self.gemv(Epilogue::Gated, x_in, n, &l.w_gate_up.w, a.act.ptr(), (ffn, c.hidden_size), fuse)?;
             } else {
                 self.gemm(a.hn.ptr(), &l.w_gate_up, a.gate_up.ptr(), (n, 2 * ffn, c.hidden_size))?;
                 launch!(g, format!("gated_act_{dt}"), ((ffn as u32).div_ceil(256), nu), 256, 0;
                     a.gate_up.ptr(), a.act.ptr(), ffn as i32, self.act_code())?;
             }
-            self.matmul(a.act.ptr(), n, &l.w_down, a.h.ptr(), 0.0)?;
-            let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
-            launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
-                a.x.ptr(), a.h.ptr(), opt(&l.post_ffn_norm), next_norm, a.hn.ptr(), hidden, eps)?;
+            self.project(a.act.ptr(), n, &l.w_down, residual, add)?;
+            if !fused {
+                let next_norm = self.layers.get(li + 1).map_or(0u64, |nl| nl.attn_norm.ptr());
+                launch!(g, format!("residual_rmsnorm_{dt}"), (nu, 1), 1024, 0;
+                    a.x.ptr(), a.h.ptr(), opt(&l.post_ffn_norm), next_norm, a.hn.ptr(), hidden, eps)?;
+            }
         }
         if r == 0 {
             return Ok(());
@@ -646,6 +723,7 @@ impl CudaModel {
 
     /// The decode GEMV over `n` <= [`MAX_GEMV_TOKENS`] tokens of this engine's family
     /// ([`launch_gemv`]).
+    #[allow(clippy::too_many_arguments)]
     fn gemv(
         &self,
         epi: Epilogue,
@@ -654,8 +732,30 @@ impl CudaModel {
         w: &DevBuf,
         out: u64,
         shape: (usize, usize),
+        fuse: Fusion,
     ) -> Result<()> {
-        launch_gemv(&self.gpu, self.gemv_kernel, self.dt, epi, self.act_code(), (x, n), w.ptr(), out, shape)
+        launch_gemv(
+            &self.gpu,
+            self.gemv_kernel,
+            self.dt,
+            epi,
+            self.act_code(),
+            (x, n),
+            w.ptr(),
+            out,
+            shape,
+            fuse,
+        )
+    }
+
+    /// A layer projection `out[n, rows] = x[n, cols] · wᵀ` in fp32 ([`Self::matmul`]), or with
+    /// `fuse` (decode steps of `fuse_norms` engines: 16-bit matrices on `GemvKernel::Rows`) its
+    /// input normalised and / or its sums added to `out`.
+    fn project(&self, x: u64, n: usize, w: &GpuMatrix, out: u64, fuse: Fusion) -> Result<()> {
+        if fuse.norm == 0 && !fuse.residual {
+            return self.matmul(x, n, w, out, 0.0);
+        }
+        self.gemv(Epilogue::Plain { cap: 0.0 }, x, n, &w.w, out, (w.rows, w.cols), fuse)
     }
 
     /// `out[n, rows] = x[n, cols] · wᵀ` in fp32, soft-capped when `cap > 0`: the GEMV kernels
@@ -666,7 +766,7 @@ impl CudaModel {
             return w.matmul(&self.gpu, x, n, out, cap, (self.a.wscratch.ptr(), self.wscratch_len));
         }
         if n <= MAX_GEMV_TOKENS {
-            return self.gemv(Epilogue::Plain { cap }, x, n, &w.w, out, (rows, cols));
+            return self.gemv(Epilogue::Plain { cap }, x, n, &w.w, out, (rows, cols), Fusion::NONE);
         }
         self.gemm(x, w, out, (n, rows, cols))?;
         if cap > 0.0 {

@@ -134,7 +134,8 @@ impl GpuMatrix {
         }
     }
 
-    fn blocks(rows: usize, ksplit: i32) -> u32 {
+    /// Groups of rows of the GEMV (a block's 4 warps cover 4 / ksplit rows).
+    fn row_groups(rows: usize, ksplit: i32) -> u32 {
         (rows as u32 * ksplit as u32).div_ceil(4)
     }
 
@@ -143,7 +144,9 @@ impl GpuMatrix {
     pub fn gemv(&self, gpu: &Gpu, x: u64, n: usize, out: u64, cap: f32) -> Result<()> {
         debug_assert!((1..=MAX_GEMV_TOKENS).contains(&n));
         let ks = self.ksplit();
-        launch!(gpu, format!("qgemv_{}_n{n}", self.kernel()), (Self::blocks(self.rows, ks), 1), 128, 0;
+        let name = format!("qgemv_{}_n{n}", self.kernel());
+        let grid = gpu.row_group_grid(&name, Self::row_groups(self.rows, ks), 128, 0)?;
+        launch!(gpu, name, (grid, 1), 128, 0;
             self.w.ptr(), self.scales_ptr(), x, out, self.rows as i32, self.cols as i32, self.vpg(),
             self.row_factor(), cap, ks)
     }
@@ -153,7 +156,9 @@ impl GpuMatrix {
     pub fn gemv_gated(&self, gpu: &Gpu, x: u64, n: usize, act_out: u64, act: i32) -> Result<()> {
         debug_assert!((1..=MAX_GEMV_TOKENS).contains(&n));
         let (ks, ffn) = (self.ksplit(), self.rows / 2);
-        launch!(gpu, format!("qgemv_gated_{}_n{n}", self.kernel()), (Self::blocks(ffn, ks), 1), 128, 0;
+        let name = format!("qgemv_gated_{}_n{n}", self.kernel());
+        let grid = gpu.row_group_grid(&name, Self::row_groups(ffn, ks), 128, 0)?;
+        launch!(gpu, name, (grid, 1), 128, 0;
             self.w.ptr(), self.scales_ptr(), x, act_out, ffn as i32, self.cols as i32, self.vpg(),
             self.row_factor(), act, ks)
     }

@@ -160,6 +160,61 @@ __device__ __forceinline__ float block_max(float v) {
     return warp_max(v);
 }
 
+// 16 bytes of activations at element `at` of `x`: shared memory (`shared`) or read-only global.
+__device__ __forceinline__ uint4 act_load(const u16* x, size_t at, bool shared) {
+    return shared ? *(const uint4*)(x + at) : __ldg((const uint4*)(x + at));
+}
+
+// The decode GEMV's normalised input (gemv_rows.cu with `norm`): activations of
+// RMSNorm(x[t]) * w for the n rows of the fp32 residual stream x [n, in], stored in shared memory
+// `xs` in store_act's layout (n rows, then their low halves when W::SPLIT). Thread i owns the
+// float4s i, i + blockDim.x, ... (at most NORM_VECS: in <= 4 * NORM_VECS * blockDim.x): its norm
+// weights are loaded first (`norm_weights`, before waiting for the previous kernel: they are
+// weights), its x values stay in registers between the sum of squares and the scaling. The sum
+// is reduced over this block in a fixed order, so every block and every batch size gets the same
+// bits (not norm.cu's: a layer's decode GEMVs take their input from here, its prefill GEMMs from
+// norm.cu). Every thread of the block calls both. (Not in quant.cu: at 8 blocks per SM its
+// 64 registers spilled with these arrays live, and its decode ran 23-30% slower: NOTES.md fn.)
+#define NORM_VECS 8
+__device__ __forceinline__ void norm_weights(const float* w, int in, float4* g) {
+#pragma unroll
+    for (int j = 0; j < NORM_VECS; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < in / 4) g[j] = __ldg((const float4*)w + i);
+    }
+}
+
+template <class W>
+__device__ void norm_to_shared(const float* x, const float4* g, u16* xs, int n, int in, float eps) {
+    for (int t = 0; t < n; t++) {
+        const float4* xr = (const float4*)(x + (size_t)t * in);
+        float4 v[NORM_VECS];
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < NORM_VECS; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            if (i < in / 4) {
+                v[j] = xr[i];
+                ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+            }
+        }
+        float s = rsqrtf(block_sum(ss) / in + eps);
+        size_t lo_off = (size_t)n * in;
+#pragma unroll
+        for (int j = 0; j < NORM_VECS; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            if (i < in / 4) {
+                size_t at = (size_t)t * in + 4 * i;
+                store_act<W>(xs, at, lo_off, v[j].x * s * g[j].x);
+                store_act<W>(xs, at + 1, lo_off, v[j].y * s * g[j].y);
+                store_act<W>(xs, at + 2, lo_off, v[j].z * s * g[j].z);
+                store_act<W>(xs, at + 3, lo_off, v[j].w * s * g[j].w);
+            }
+        }
+    }
+    __syncthreads();
+}
+
 // The gated-MLP activation of `gate`: 0 = SiLU, 1 = GELU (tanh approximation).
 __device__ __forceinline__ float activation(float g, int act) {
     if (act == 0) return g / (1.f + expf(-g));

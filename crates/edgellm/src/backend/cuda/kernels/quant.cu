@@ -76,9 +76,10 @@ struct WHalf {
 
 // Decode GEMV: out[t, r] = sum_k x[t, k] * w[r, k] for NT <= 8 tokens, with the epilogues of
 // gemv.cu (soft cap; GATED: w is [gate; up], out = act(gate) * up as fp16 activations).
-// Launch as gemv.cu: 128 threads, `ksplit` warps per row (each a contiguous 1/ksplit of the row's
-// vectors), grid = ceil(rows * ksplit / 4); U 16-byte loads per lane in flight, the first issued
-// before waiting for the previous kernel. `in` is a multiple of P::ELEMS. Sums are in fp32: per
+// Launch as gemv_rows.cu: 128 threads, `ksplit` warps per row (each a contiguous 1/ksplit of the
+// row's vectors), groups of 4 / ksplit rows per block in turn, grid at most ceil(rows * ksplit /
+// 4) (one resident wave: gemv_rows.cu); U 16-byte loads per lane in flight, the first issued
+// before waiting for the previous kernel (or the previous group's reduction). `in` is a multiple of P::ELEMS. Sums are in fp32: per
 // vector for grouped scales (scaled once per vector), per row otherwise (scaled at the end).
 // The row reduction is gemv_rows.cu's (common.cuh `row_sums`); the load loop and epilogue differ
 // by the policy's unpacking and scales.
@@ -86,19 +87,10 @@ template <class P, int NT, bool GATED>
 __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict__ scales, const u16* __restrict__ x,
                            void* out, int rows, int in, int vpg, float row_factor, float cap, int act, int ksplit) {
     __shared__ float red[2][4][NT];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (4 / ksplit) + warp / ksplit, part = warp % ksplit;
-    bool valid = r < rows;
-    if (!valid) r = rows - 1;  // stays for the barrier below, writes nothing
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, part = warp % ksplit;
+    int per_block = 4 / ksplit, n_row_groups = (rows + per_block - 1) / per_block;
     int n_vec_all = in / P::ELEMS;
-    const uint4* wr = w + (size_t)r * n_vec_all;
-    const uint4* wu = w + (size_t)(r + rows) * n_vec_all;
     int n_groups = vpg > 0 ? n_vec_all / vpg : 0;
-    const float* sr = scales ? scales + (size_t)r * (vpg > 0 ? n_groups : 1) : nullptr;
-    const float* su = scales ? scales + (size_t)(r + rows) * (vpg > 0 ? n_groups : 1) : nullptr;
-    float acc[NT], acc_u[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
     int chunk = (n_vec_all + ksplit - 1) / ksplit;
     int k0 = part * chunk, n_vec = min(n_vec_all, k0 + chunk);
     // loads in flight per lane: a quantized vector holds 16-32 weights, so 4 cover a warp's share
@@ -107,6 +99,16 @@ __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict_
     const int U = NT <= 2 && !GATED && P::ELEMS == 8 ? 8 : 4;
     const int STEP = 32 * U;
     uint4 wv[U], uv[U];
+    const uint4 *wr, *wu;
+    const float *sr, *su;
+    // this warp's rows in group `grp` (past the end the last row stands in and writes nothing)
+    auto select = [&](int grp) {
+        int r = min(grp * per_block + warp / ksplit, rows - 1);
+        wr = w + (size_t)r * n_vec_all;
+        wu = w + (size_t)(r + rows) * n_vec_all;
+        sr = scales ? scales + (size_t)r * (vpg > 0 ? n_groups : 1) : nullptr;
+        su = scales ? scales + (size_t)(r + rows) * (vpg > 0 ? n_groups : 1) : nullptr;
+    };
     auto load = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -117,65 +119,77 @@ __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict_
             }
         }
     };
+    select(blockIdx.x);
     load(k0);
     pdl_start();
-    for (int base = k0; base < n_vec; base += STEP) {
-        if (base != k0) load(base);
+    for (int grp = blockIdx.x; grp < n_row_groups; grp += gridDim.x) {
+        int r = grp * per_block + warp / ksplit;
+        float acc[NT], acc_u[NT];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int k = base + u * 32 + lane;
-            if (k >= n_vec) break;
-            float dw[NT], du[NT];
+        for (int t = 0; t < NT; t++) acc[t] = acc_u[t] = 0.f;
+        for (int base = k0; base < n_vec; base += STEP) {
+            if (base != k0) load(base);
 #pragma unroll
-            for (int t = 0; t < NT; t++) dw[t] = du[t] = 0.f;
+            for (int u = 0; u < U; u++) {
+                int k = base + u * 32 + lane;
+                if (k >= n_vec) break;
+                float dw[NT], du[NT];
 #pragma unroll
-            for (int s = 0; s < P::ELEMS / 8; s++) {
-                float wf[8], uf[8];
-                P::unpack(wv[u], s, wf);
-                if (GATED) P::unpack(uv[u], s, uf);
-                int e = P::seg_start(k, s);
+                for (int t = 0; t < NT; t++) dw[t] = du[t] = 0.f;
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    float xf[8];
-                    unpack8<F16>(__ldg((const uint4*)(x + (size_t)t * in + e)), xf);
+                for (int s = 0; s < P::ELEMS / 8; s++) {
+                    float wf[8], uf[8];
+                    P::unpack(wv[u], s, wf);
+                    if (GATED) P::unpack(uv[u], s, uf);
+                    int e = P::seg_start(k, s);
 #pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        dw[t] += wf[j] * xf[j];
-                        if (GATED) du[t] += uf[j] * xf[j];
+                    for (int t = 0; t < NT; t++) {
+                        float xf[8];
+                        unpack8<F16>(__ldg((const uint4*)(x + (size_t)t * in + e)), xf);
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            dw[t] += wf[j] * xf[j];
+                            if (GATED) du[t] += uf[j] * xf[j];
+                        }
                     }
                 }
+                float gw = 1.f, gu = 1.f;
+                if (vpg > 0) {
+                    gw = __ldg(sr + k / vpg);
+                    if (GATED) gu = __ldg(su + k / vpg);
+                }
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    acc[t] += gw * dw[t];
+                    if (GATED) acc_u[t] += gu * du[t];
+                }
             }
-            float gw = 1.f, gu = 1.f;
-            if (vpg > 0) {
-                gw = __ldg(sr + k / vpg);
-                if (GATED) gu = __ldg(su + k / vpg);
-            }
+        }
+        // the row scales of this group, then the next group's first weights load while this
+        // group's sums are reduced and stored
+        float rw = 1.f, ru = 1.f;
+        if (scales && vpg == 0) {
+            rw = __ldg(sr) * row_factor;
+            if (GATED) ru = __ldg(su) * row_factor;
+        }
+        if (grp + gridDim.x < n_row_groups) {
+            select(grp + gridDim.x);
+            load(k0);
+        }
+        if (row_sums<NT, GATED>(acc, acc_u, red, warp, lane, part, ksplit) && r < rows && lane == 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
-                acc[t] += gw * dw[t];
-                if (GATED) acc_u[t] += gu * du[t];
+                if (GATED) {
+                    store_act<F16>((u16*)out, (size_t)t * rows + r, 0, activation(acc[t] * rw, act) * (acc_u[t] * ru));
+                } else {
+                    ((float*)out)[(size_t)t * rows + r] = softcap(acc[t] * rw, cap);
+                }
             }
         }
-    }
-    if (!row_sums<NT, GATED>(acc, acc_u, red, warp, lane, part, ksplit)) return;
-    if (!valid || lane != 0) return;
-    float rw = 1.f, ru = 1.f;
-    if (scales && vpg == 0) {
-        rw = sr[0] * row_factor;
-        if (GATED) ru = su[0] * row_factor;
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        if (GATED) {
-            store_act<F16>((u16*)out, (size_t)t * rows + r, 0, activation(acc[t] * rw, act) * (acc_u[t] * ru));
-        } else {
-            ((float*)out)[(size_t)t * rows + r] = softcap(acc[t] * rw, cap);
-        }
+        if (ksplit > 1) __syncthreads();  // `red` is rewritten for the next group
     }
 }
 
-// Prefill: w [rows, in] of format P to fp16 [rows, in] (the scratch the cuBLAS GEMM reads), one
-// 16-byte vector per thread. Launch: ceil(rows * in / P::ELEMS / 256) blocks of 256.
 template <class P>
 __device__ void dequant_impl(const uint4* w, const float* scales, u16* out, int rows, int in, int vpg,
                              float row_factor) {
