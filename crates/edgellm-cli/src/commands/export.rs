@@ -30,7 +30,7 @@ pub struct ExportArgs {
     /// Scale weight columns by their activations before quantizing (AWQ), calibrated on --calib
     /// or on a built-in text (the first 2,048 tokens, in sequences of 512). It lowers each
     /// block's output error on the calibration tokens but currently raises Qwen2.5-Coder-0.5B's
-    /// int4 perplexity, held-out and even on the calibration text (golden text 3.99 -> 4.30 at
+    /// int4 perplexity, held-out and even on the calibration text (golden text 3.99 -> 4.11 at
     /// group 128, see BENCHMARKS.md).
     #[arg(long)]
     pub awq: bool,

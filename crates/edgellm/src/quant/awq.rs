@@ -2,11 +2,13 @@
 //!
 //! Weight columns that meet large activations matter most. For each group of linear layers that
 //! share an input `X` (fused QKV after the attention norm, fused gate/up after the MLP norm, the
-//! down projection after the gated activation), a per-input-channel scale `s = mean|X|^α`
-//! (normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the weights become
-//! `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the `α` whose quantized
-//! output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins. `α = 0` is plain
-//! quantization, so AWQ never does worse on the calibration data. The `1/s` is folded into what
+//! down projection after the gated activation), a per-input-channel scale
+//! `s = mean|X|^α / mean|Ŵ|^(1−α)` (AutoAWQ's "duo scaling", `Ŵ` each weight relative to its
+//! group's largest; normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the
+//! weights become `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the candidate
+//! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
+//! `s = 1` (plain quantization) is a candidate too, so AWQ never does worse on the calibration
+//! data. llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s` is folded into what
 //! produces `X` — the norm weight, or the up rows of `w_gate_up` for the down projection — so the
 //! runtime and the package layout are unchanged. The output projection is not scaled: with
 //! grouped-query attention its input channels do not map one-to-one to V rows (llm-awq skips
@@ -328,9 +330,33 @@ impl Calibration {
         };
         let want = block(&vec![1.0; k], w.clone());
         let (mut best, mut best_err) = (vec![1f32; k], f64::INFINITY);
-        for step in 0..self.opts.grid.max(1) {
-            let alpha = step as f32 / self.opts.grid.max(1) as f32;
-            let mut s: Vec<f32> = mean.iter().map(|m| m.max(1e-4).powf(alpha)).collect();
+        // AutoAWQ's "duo scaling": each input channel's mean weight magnitude, each weight taken
+        // relative to its (row, group)'s largest, divides the scale with exponent `1 − α`
+        let group = match format {
+            WeightFormat::Int4 { group } => group,
+            _ => k,
+        };
+        let mut w_mean = vec![0f32; k];
+        for row in wv.chunks_exact(k) {
+            for (wg, mg) in row.chunks(group).zip(w_mean.chunks_mut(group)) {
+                let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+                mg.iter_mut().zip(wg).for_each(|(m, w)| *m += w.abs() / amax);
+            }
+        }
+        w_mean.iter_mut().for_each(|m| *m /= n as f32);
+        let grid = self.opts.grid.max(1);
+        // candidate 0 is plain quantization (no scale), then α = 0, 1/grid, …
+        for step in 0..=grid {
+            let mut s: Vec<f32> = match step.checked_sub(1) {
+                None => vec![1.0; k],
+                Some(i) => {
+                    let alpha = i as f32 / grid as f32;
+                    mean.iter()
+                        .zip(&w_mean)
+                        .map(|(x, w)| (x.powf(alpha) / (w.powf(1.0 - alpha) + 1e-4)).max(1e-4))
+                        .collect()
+                }
+            };
             let (lo, hi) = s.iter().fold((f32::MAX, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let norm = (lo * hi).sqrt();
             s.iter_mut().for_each(|v| *v /= norm);
