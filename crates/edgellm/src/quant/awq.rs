@@ -2,21 +2,23 @@
 //!
 //! Weight columns that meet large activations matter most. For each group of linear layers that
 //! share an input `X` (fused QKV after the attention norm, fused gate/up after the MLP norm, the
-//! down projection after the gated activation), a per-input-channel scale `s = mean|X|^α`
-//! (normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the weights become
-//! `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the `α` whose quantized
-//! output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins. `α = 0` is plain
-//! quantization, so AWQ never does worse on the calibration data. The `1/s` is folded into what
+//! down projection after the gated activation), a per-input-channel scale
+//! `s = mean|X|^α / mean|Ŵ|^(1−α)` (AutoAWQ's "duo scaling", `Ŵ` each weight relative to its
+//! group's largest; normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the
+//! weights become `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the candidate
+//! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
+//! `s = 1` (plain quantization) is a candidate too, so AWQ never does worse on the calibration
+//! data. llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s` is folded into what
 //! produces `X` — the norm weight, or the up rows of `w_gate_up` for the down projection — so the
 //! runtime and the package layout are unchanged. The output projection is not scaled: with
 //! grouped-query attention its input channels do not map one-to-one to V rows (llm-awq skips
 //! it likewise).
 //!
 //! llm-awq's weight-clipping search (`auto_clip`) was tried after the scales — per (row, group)
-//! clamp ratio in `{1, 0.95, …, 0.55}` minimising `‖(W − Q(W))·X‖²` on 64 calibration tokens —
-//! and made Qwen2.5-Coder-0.5B worse (golden-text perplexity 5.45 against 4.68 at group 128,
-//! 5.21 at group 64), so it is not done: with fewer tokens than a group has inputs the error
-//! estimate is underdetermined.
+//! clamp ratio in `{1, 0.95, …, 0.5}` minimising the group's output error `dᵀ·XᵀX·d` over the
+//! calibration tokens — and made Qwen2.5-Coder-0.5B worse every time (session 4 on 64 tokens;
+//! session 5 on 256 of 2,048 tokens, raw or with each token's row normalised: golden-text
+//! perplexity 4.64 against 4.30 without it), so it is not done (BENCHMARKS.md).
 //!
 //! The same calibration pass serves two more uses: with `gptq`, int4 matrices are rounded by
 //! GPTQ ([`super::gptq`]) against the inputs each matrix gets with the matrices before it already
@@ -25,7 +27,9 @@
 //!
 //! Calibration runs layer by layer like the export: the hidden states of the calibration tokens
 //! go through the layer as quantized (so each layer calibrates on the inputs it will see), and
-//! memory holds one layer and `[tokens, hidden]` activations.
+//! memory holds one layer and `[tokens, hidden]` activations. The text is cut into sequences of
+//! `seq_len` tokens, each attended on its own, so that 2,048 tokens cost four times 512 tokens
+//! rather than sixteen times.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +60,14 @@ pub struct AwqOptions {
     /// Round int4 weights by GPTQ against the calibration inputs instead of to nearest.
     #[serde(default)]
     pub gptq: bool,
+    /// Tokens per calibration sequence: the text is cut into sequences of this many tokens,
+    /// each attended on its own (attention cost grows with the square of a sequence's length).
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+}
+
+fn default_seq_len() -> usize {
+    512
 }
 
 fn yes() -> bool {
@@ -66,11 +78,12 @@ impl Default for AwqOptions {
     fn default() -> Self {
         AwqOptions {
             calibration: "built-in".into(),
-            max_tokens: 512,
-            loss_tokens: 128,
+            max_tokens: 2048,
+            loss_tokens: 256,
             grid: 20,
             awq: true,
             gptq: false,
+            seq_len: default_seq_len(),
         }
     }
 }
@@ -95,8 +108,10 @@ impl Calibration {
         opts: &AwqOptions,
     ) -> Result<Self> {
         let cfg = ld.config().clone();
+        let mut opts = opts.clone();
+        opts.seq_len = opts.seq_len.clamp(16, cfg.max_position_embeddings);
         let mut ids = tokenizer.encode(text, false)?;
-        ids.truncate(opts.max_tokens.min(cfg.max_position_embeddings));
+        ids.truncate(opts.max_tokens);
         if ids.len() < 16 {
             return Err(Error::Invalid {
                 what: "calibration text",
@@ -109,14 +124,7 @@ impl Calibration {
             g.embed.row_into(id as usize, row);
             row.iter_mut().for_each(|v| *v *= g.embed_scale);
         }
-        Ok(Calibration {
-            tokens: ids.len(),
-            cfg,
-            opts: opts.clone(),
-            x,
-            rope_full: g.rope_full,
-            rope_local: g.rope_local,
-        })
+        Ok(Calibration { tokens: ids.len(), cfg, opts, x, rope_full: g.rope_full, rope_local: g.rope_local })
     }
 
     /// Layer `i` in `format`: AWQ scales folded in (with `opts.awq`), int4 rounded by GPTQ
@@ -201,6 +209,12 @@ impl Calibration {
         layer.w_gate_up = Matrix::from_f32(2 * ffn, hidden, up);
     }
 
+    /// The loss rows: `loss_tokens` tokens, evenly spaced.
+    fn loss_rows(&self) -> Vec<usize> {
+        let m = self.opts.loss_tokens.clamp(1, self.tokens);
+        (0..m).map(|i| i * self.tokens / m).collect()
+    }
+
     /// `layer` (f32) with its four matrices rounded to int4 by GPTQ, in the order the forward
     /// pass uses them, each against the inputs it gets with the matrices before it quantized.
     fn gptq_layer(&self, mut layer: Layer, group: usize) -> Layer {
@@ -229,12 +243,12 @@ impl Calibration {
     fn run(&self, layer: &Layer, attention_only: bool) -> Pass {
         let (t, hidden) = (self.tokens, self.cfg.hidden_size);
         let mut layer = layer.clone();
+        let mut cfg = self.cfg.clone();
         if attention_only {
-            layer.w_down = Matrix::from_f32(
-                hidden,
-                self.cfg.intermediate_size,
-                vec![0.0; hidden * self.cfg.intermediate_size],
-            );
+            // a one-row MLP of zeros: nothing added, and no time spent on the real one
+            cfg.intermediate_size = 1;
+            layer.w_gate_up = Matrix::from_f32(2, hidden, vec![0.0; 2 * hidden]);
+            layer.w_down = Matrix::from_f32(hidden, 1, vec![0.0; hidden]);
         }
         let g = Globals {
             embed: Matrix::from_f32(t, hidden, self.x.clone()),
@@ -244,12 +258,18 @@ impl Calibration {
             rope_local: self.rope_local.clone(),
             embed_scale: 1.0,
         };
-        let mut cfg = self.cfg.clone();
         cfg.num_hidden_layers = 1;
         cfg.layer_types = vec![layer.attention];
         let model = Model::from_parts(cfg, g, vec![layer]);
-        let block = 16;
-        let n_blocks = t.div_ceil(block);
+        // consecutive sequences of `seq_len` tokens (the last one shorter), each in its own
+        // run of cache blocks
+        let (block, len) = (16, self.opts.seq_len);
+        let seqs: Vec<usize> = (0..t.div_ceil(len)).map(|s| len.min(t - s * len)).collect();
+        let mut offsets = vec![0u32];
+        for &n in &seqs {
+            offsets.push(offsets.last().unwrap() + n.div_ceil(block) as u32);
+        }
+        let n_blocks = *offsets.last().unwrap() as usize;
         let mut kv = KvCache::new(KvShape {
             n_layers: 1,
             n_blocks,
@@ -259,13 +279,15 @@ impl Calibration {
         });
         let mut scratch = Scratch::new(&model.config, t, 1);
         let ids: Vec<u32> = (0..t as u32).collect();
+        let positions: Vec<u32> = (0..t).map(|r| (r % len) as u32).collect();
+        let token_seq: Vec<u32> = (0..t).map(|r| (r / len) as u32).collect();
         let table: Vec<u32> = (0..n_blocks as u32).collect();
         let batch = ForwardBatch {
             tokens: &ids,
-            positions: &ids,
-            token_seq: &vec![0; t],
+            positions: &positions,
+            token_seq: &token_seq,
             block_table_data: &table,
-            block_table_offsets: &[0, n_blocks as u32],
+            block_table_offsets: &offsets,
             logit_rows: &[],
         };
         model.forward(&batch, &mut kv, &mut scratch);
@@ -297,9 +319,7 @@ impl Calibration {
             mean.iter_mut().zip(row).for_each(|(m, v)| *m += v.abs());
         }
         mean.iter_mut().for_each(|m| *m /= self.tokens as f32);
-        // the loss rows: evenly spaced tokens
-        let m = self.opts.loss_tokens.min(self.tokens);
-        let xs: Vec<f32> = (0..m).flat_map(|r| x[r * self.tokens / m * k..][..k].iter().copied()).collect();
+        let xs: Vec<f32> = self.loss_rows().iter().flat_map(|&r| x[r * k..][..k].iter().copied()).collect();
         let block = |s: &[f32], q: Matrix| match rows {
             Some(f) => {
                 let xq: Vec<f32> =
@@ -310,9 +330,33 @@ impl Calibration {
         };
         let want = block(&vec![1.0; k], w.clone());
         let (mut best, mut best_err) = (vec![1f32; k], f64::INFINITY);
-        for step in 0..self.opts.grid.max(1) {
-            let alpha = step as f32 / self.opts.grid.max(1) as f32;
-            let mut s: Vec<f32> = mean.iter().map(|m| m.max(1e-4).powf(alpha)).collect();
+        // AutoAWQ's "duo scaling": each input channel's mean weight magnitude, each weight taken
+        // relative to its (row, group)'s largest, divides the scale with exponent `1 − α`
+        let group = match format {
+            WeightFormat::Int4 { group } => group,
+            _ => k,
+        };
+        let mut w_mean = vec![0f32; k];
+        for row in wv.chunks_exact(k) {
+            for (wg, mg) in row.chunks(group).zip(w_mean.chunks_mut(group)) {
+                let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+                mg.iter_mut().zip(wg).for_each(|(m, w)| *m += w.abs() / amax);
+            }
+        }
+        w_mean.iter_mut().for_each(|m| *m /= n as f32);
+        let grid = self.opts.grid.max(1);
+        // candidate 0 is plain quantization (no scale), then α = 0, 1/grid, …
+        for step in 0..=grid {
+            let mut s: Vec<f32> = match step.checked_sub(1) {
+                None => vec![1.0; k],
+                Some(i) => {
+                    let alpha = i as f32 / grid as f32;
+                    mean.iter()
+                        .zip(&w_mean)
+                        .map(|(x, w)| (x.powf(alpha) / (w.powf(1.0 - alpha) + 1e-4)).max(1e-4))
+                        .collect()
+                }
+            };
             let (lo, hi) = s.iter().fold((f32::MAX, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let norm = (lo * hi).sqrt();
             s.iter_mut().for_each(|v| *v /= norm);
@@ -367,36 +411,86 @@ mod tests {
     use crate::engine::OpenedSource;
     use crate::model::LoadOptions;
 
+    /// A fixture model, its loader and a calibration pass over the built-in text with `opts`.
+    fn calibrate(fixture: &str, opts: &AwqOptions, run: impl FnOnce(&OpenedSource, &Loader, Calibration)) {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(fixture);
+        let src = OpenedSource::open(&dir).unwrap();
+        let ld = Loader::new(src.weights.as_ref(), &src.config, LoadOptions::default()).unwrap();
+        let cal =
+            Calibration::new(&ld, ld.globals().unwrap(), &src.tokenizer, DEFAULT_CALIBRATION, opts).unwrap();
+        run(&src, &ld, cal);
+    }
+
     #[test]
     fn folded_scales_preserve_each_layers_function() {
         for fixture in ["tiny-qwen2", "tiny-gemma3"] {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures")
-                .join(fixture);
-            let src = OpenedSource::open(&dir).unwrap();
-            let ld = Loader::new(src.weights.as_ref(), &src.config, LoadOptions::default()).unwrap();
-            let opts = AwqOptions::default();
-            let mut cal =
-                Calibration::new(&ld, ld.globals().unwrap(), &src.tokenizer, DEFAULT_CALIBRATION, &opts)
-                    .unwrap();
-            let mut changed = 0;
-            for i in 0..src.config.num_hidden_layers {
-                let plain = ld.layer_f32(i).unwrap();
-                let want = cal.run(&plain, false).x;
-                let mut scaled = plain.clone();
-                cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 });
-                changed += (scaled.attn_norm != plain.attn_norm) as usize
-                    + (scaled.ffn_norm != plain.ffn_norm) as usize;
-                let got = cal.run(&scaled, false).x;
-                cal.x = want.clone();
-                let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(
-                    err <= 1e-4 * amax,
-                    "{fixture} layer {i}: scaled layer differs by {err} (max {amax})"
-                );
-            }
-            assert!(changed > 0, "{fixture}: AWQ chose no scale anywhere");
+            calibrate(fixture, &AwqOptions::default(), |src, ld, mut cal| {
+                let mut changed = 0;
+                for i in 0..src.config.num_hidden_layers {
+                    let plain = ld.layer_f32(i).unwrap();
+                    let want = cal.run(&plain, false).x;
+                    let mut scaled = plain.clone();
+                    cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 });
+                    changed += (scaled.attn_norm != plain.attn_norm) as usize
+                        + (scaled.ffn_norm != plain.ffn_norm) as usize;
+                    let got = cal.run(&scaled, false).x;
+                    cal.x = want.clone();
+                    let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(
+                        err <= 1e-4 * amax,
+                        "{fixture} layer {i}: scaled layer differs by {err} (max {amax})"
+                    );
+                }
+                assert!(changed > 0, "{fixture}: AWQ chose no scale anywhere");
+            });
+        }
+    }
+
+    /// The layer-by-layer calibration pass (several sequences, f32, no scales) ends in the
+    /// hidden states the whole model computes for each sequence on its own.
+    #[test]
+    fn calibration_pass_matches_the_models_forward() {
+        for fixture in ["tiny-qwen2", "tiny-gemma3"] {
+            let opts = AwqOptions { awq: false, max_tokens: 100, seq_len: 40, ..AwqOptions::default() };
+            calibrate(fixture, &opts, |src, ld, mut cal| {
+                for i in 0..src.config.num_hidden_layers {
+                    cal.layer(ld, i, WeightFormat::F32, false).unwrap();
+                }
+                let model =
+                    Model::load(src.weights.as_ref(), src.config.clone(), LoadOptions::default()).unwrap();
+                let ids = src.tokenizer.encode(DEFAULT_CALIBRATION, false).unwrap();
+                let hidden = src.config.hidden_size;
+                for (s, seq) in ids[..100].chunks(40).enumerate() {
+                    let n = seq.len();
+                    let pos: Vec<u32> = (0..n as u32).collect();
+                    let blocks = n.div_ceil(16);
+                    let table: Vec<u32> = (0..blocks as u32).collect();
+                    let mut kv = KvCache::new(KvShape {
+                        n_layers: src.config.num_hidden_layers,
+                        n_blocks: blocks,
+                        block_size: 16,
+                        n_kv_heads: src.config.num_key_value_heads,
+                        head_dim: src.config.head_dim,
+                    });
+                    let mut scratch = Scratch::new(&model.config, n, 1);
+                    let batch = ForwardBatch {
+                        tokens: seq,
+                        positions: &pos,
+                        token_seq: &vec![0; n],
+                        block_table_data: &table,
+                        block_table_offsets: &[0, blocks as u32],
+                        logit_rows: &[],
+                    };
+                    model.forward(&batch, &mut kv, &mut scratch);
+                    let want = scratch.hidden_states(n);
+                    let got = &cal.x[s * 40 * hidden..][..n * hidden];
+                    let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(err <= 1e-4 * amax, "{fixture} sequence {s}: differs by {err} (max {amax})");
+                }
+            });
         }
     }
 }
