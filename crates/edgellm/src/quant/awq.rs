@@ -9,10 +9,10 @@
 //! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
 //! `s = 1` (plain quantization) is a candidate too, so AWQ never does worse on the calibration
 //! data. llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s`
-//! is folded into what produces `X` — the norm weight, or the up rows of `w_gate_up` for the down projection — so the
-//! runtime and the package layout are unchanged. The output projection is not scaled: with
-//! grouped-query attention its input channels do not map one-to-one to V rows (llm-awq skips
-//! it likewise).
+//! is folded into what produces `X` — the norm weight, or the up rows of `w_gate_up` for the
+//! down projection — so the runtime and the package layout are unchanged. The output projection
+//! is not scaled: with grouped-query attention its input channels do not map one-to-one to V rows
+//! (llm-awq skips it likewise).
 //!
 //! llm-awq's weight-clipping search (`auto_clip`) was tried after the scales — per (row, group)
 //! clamp ratio in `{1, 0.95, …, 0.5}` minimising the group's output error `dᵀ·XᵀX·d` over the
