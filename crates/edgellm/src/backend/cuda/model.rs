@@ -211,9 +211,10 @@ pub(crate) fn launch_gemv(
     }
 }
 
-/// What a decode GEMV folds in around its sums (kernels/gemv_rows.cu `norm`, `residual`): the input's RMSNorm (`x` is then the fp32 residual stream, normalised with the
-/// weights at device address `norm` into the block's shared memory) and the residual add (the
-/// sums are added to the fp32 output). Saves a norm kernel per projection input in a decode layer.
+/// What a decode GEMV folds in around its sums (kernels/gemv_rows.cu `norm`, `residual`): the
+/// input's RMSNorm (`x` is then the fp32 residual stream, normalised with the weights at device
+/// address `norm` into the block's shared memory) and the residual add (the sums are added to
+/// the fp32 output). Saves a norm kernel per projection input in a decode layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Fusion {
     /// RMSNorm weights (f32) of the input, 0 for none.
@@ -229,12 +230,17 @@ impl Fusion {
     pub const NONE: Fusion = Fusion { norm: 0, eps: 0.0, residual: false };
 
     /// The dynamic shared memory of a GEMV over `n` tokens of `cols` inputs: the normalised
-    /// input as 16-bit activations (two arrays under bf16's `split`), none without `norm`.
+    /// input ([`Fusion::normed_input_bytes`]), none without `norm`.
     pub fn shared_bytes(&self, n: usize, cols: usize, split: bool) -> u32 {
         if self.norm == 0 {
             return 0;
         }
-        (n * cols * 2 * if split { 2 } else { 1 }) as u32
+        Self::normed_input_bytes(n, cols, split) as u32
+    }
+
+    /// `n` tokens of `cols` 16-bit activations, two arrays of them under bf16's `split`.
+    pub fn normed_input_bytes(n: usize, cols: usize, split: bool) -> usize {
+        n * cols * 2 * if split { 2 } else { 1 }
     }
 }
 
@@ -409,8 +415,7 @@ impl CudaModel {
             })
             && gemv_kernel == GemvKernel::Rows
             && hidden <= FUSED_NORM_MAX
-            && Fusion { norm: 1, ..Fusion::NONE }.shared_bytes(MAX_GEMV_TOKENS, hidden, split) as usize
-                <= gpu.max_shared;
+            && Fusion::normed_input_bytes(MAX_GEMV_TOKENS, hidden, split) <= gpu.max_shared;
         let out = CudaModel {
             embed: mat(&model.embed)?,
             embed_scale: model.embed_scale,
