@@ -94,6 +94,22 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The decode GEMVs' weight loads (gemv_rows.cu, quant.cu): this lane's U 16-byte vectors
+// base + 32u + lane (u < U) below n_vec of row `wr`, and of the up row `wu` when GATED, into wv
+// and uv, all issued before any is used.
+template <int U, bool GATED>
+__device__ __forceinline__ void load_row_vectors(const uint4* wr, const uint4* wu, int base, int lane, int n_vec,
+                                                 uint4* wv, uint4* uv) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int k = base + u * 32 + lane;
+        if (k < n_vec) {
+            wv[u] = __ldg(wr + k);
+            if (GATED) uv[u] = __ldg(wu + k);
+        }
+    }
+}
+
 // The row reduction of the CUDA-core decode GEMVs (gemv_rows.cu, quant.cu): each warp's per-lane
 // sums (and the up half's, GATED) reduced over the warp, then over the `ksplit` warps of a row
 // through `red` in warp order (the same sum at every batch size). Returns whether this warp holds
@@ -158,11 +174,6 @@ __device__ __forceinline__ float block_max(float v) {
     int n_warps = blockDim.x >> 5;
     v = lane < n_warps ? red[lane] : NEG_INF;
     return warp_max(v);
-}
-
-// 16 bytes of activations at element `at` of `x`: shared memory (`shared`) or read-only global.
-__device__ __forceinline__ uint4 act_load(const u16* x, size_t at, bool shared) {
-    return shared ? *(const uint4*)(x + at) : __ldg((const uint4*)(x + at));
 }
 
 // The decode GEMV's normalised input (gemv_rows.cu with `norm`): activations of

@@ -24,6 +24,11 @@
 // sums are added to `out` (the residual stream) instead of stored, the residual add folded into
 // the projection that feeds it.
 
+// 16 bytes of activations at element `at` of `x`: shared memory (`shared`) or read-only global.
+__device__ __forceinline__ uint4 act_load(const u16* x, size_t at, bool shared) {
+    return shared ? *(const uint4*)(x + at) : __ldg((const uint4*)(x + at));
+}
+
 template <class W, int NT, bool GATED>
 __device__ void gemv_rows_impl(const u16* __restrict__ w, const void* __restrict__ x_in, void* out, int rows, int in,
                                float cap, int act, int ksplit, const float* norm, float eps, int residual) {
@@ -45,16 +50,7 @@ __device__ void gemv_rows_impl(const u16* __restrict__ w, const void* __restrict
         wr = (const uint4*)(w + (size_t)r * in);
         wu = (const uint4*)(w + (size_t)(r + rows) * in);
     };
-    auto load = [&](int base) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int k = base + u * 32 + lane;
-            if (k < n_vec) {
-                wv[u] = __ldg(wr + k);
-                if (GATED) uv[u] = __ldg(wu + k);
-            }
-        }
-    };
+    auto load = [&](int base) { load_row_vectors<U, GATED>(wr, wu, base, lane, n_vec, wv, uv); };
     // the first weights do not depend on the previous kernel: their loads overlap its tail
     select(blockIdx.x);
     load(k0);

@@ -109,16 +109,7 @@ __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict_
         sr = scales ? scales + (size_t)r * (vpg > 0 ? n_groups : 1) : nullptr;
         su = scales ? scales + (size_t)(r + rows) * (vpg > 0 ? n_groups : 1) : nullptr;
     };
-    auto load = [&](int base) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int k = base + u * 32 + lane;
-            if (k < n_vec) {
-                wv[u] = __ldg(wr + k);
-                if (GATED) uv[u] = __ldg(wu + k);
-            }
-        }
-    };
+    auto load = [&](int base) { load_row_vectors<U, GATED>(wr, wu, base, lane, n_vec, wv, uv); };
     select(blockIdx.x);
     load(k0);
     pdl_start();
