@@ -12,7 +12,7 @@ mod common;
 
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
-use edgellm::backend::cuda::harness::{Arg, Epilogue, Fusion, GemvKernel, Kernels};
+use edgellm::backend::cuda::harness::{attention_shared_bytes, Arg, Epilogue, Fusion, GemvKernel, Kernels};
 use edgellm::backend::cuda::CudaOptions;
 use edgellm::kv::{KvShape, LayerKv, LayerView};
 use edgellm::quant::{fp8, WeightFormat};
@@ -356,9 +356,14 @@ fn rope_kv_and_attention_match_the_cpu_twins_over_fp16_and_fp8_caches() {
 fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
     let (n_heads, n_kv, hd, bs) = (8usize, 2usize, c.head_dim, 16usize);
     let width = (n_heads + 2 * n_kv) * hd;
-    let max_blocks = 4;
-    let shape = KvShape { n_layers: 1, n_blocks: 8, block_size: bs, n_kv_heads: n_kv, head_dim: hd };
-    let tables: Vec<i32> = vec![5, 2, 7, 0, 1, 3, 0, 0]; // two sequences, blocks out of order
+    // two sequences, blocks out of order; sequence 0 (300 tokens) spans several of the split-K
+    // kernel's chunks (256 positions at head_dim 64, 128 at 128)
+    let max_blocks = 20;
+    let shape = KvShape { n_layers: 1, n_blocks: 24, block_size: bs, n_kv_heads: n_kv, head_dim: hd };
+    let mut tables: Vec<i32> = (0..19).map(|i| (i * 7 + 5) % 24).collect(); // 19 distinct blocks
+    tables.resize(max_blocks as usize, 0);
+    tables.extend([8, 1]); // not among sequence 0's
+    tables.resize(2 * max_blocks as usize, 0);
     let kv_elt = if c.fp8.is_some() { 1 } else { 2 };
     let kc = k.upload(&vec![0u8; shape.layer_len() * kv_elt]).unwrap();
     let vc = k.upload(&vec![0u8; shape.layer_len() * kv_elt]).unwrap();
@@ -376,10 +381,10 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
     // the step's K and V (in the reference pools, f32) accumulate over the two steps
     let mut k_ref = vec![0f32; shape.layer_len()];
     let mut v_ref = vec![0f32; shape.layer_len()];
-    // prefill: 37 and 20 tokens; then one decode token per sequence, split-K
+    // prefill: 300 and 20 tokens; then one decode token per sequence, split-K
     let steps: [(Vec<i32>, Vec<i32>, u32); 2] = [
-        ((0..37).chain(0..20).collect(), [vec![0; 37], vec![1; 20]].concat(), 1),
-        (vec![37, 20], vec![0, 1], 4),
+        ((0..300).chain(0..20).collect(), [vec![0; 300], vec![1; 20]].concat(), 1),
+        (vec![300, 20], vec![0, 1], 4),
     ];
     for (positions, token_seq, splits) in steps {
         let n = positions.len();
@@ -490,10 +495,10 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         } else {
             format!("attention_{dt}")
         };
-        let shmem = ((hd + 256 + 256 * 8) * 4) as u32;
+        let shmem = attention_shared_bytes(hd, c.fp8.is_some());
         // SAFETY: the arguments follow attention.cu's signature; buffers hold the shapes above.
         unsafe { k.launch(&attn, ((n * n_heads) as u32, splits), 256, shmem, &args).unwrap() };
-        let offsets: Vec<u32> = vec![0, 4, 8];
+        let offsets: Vec<u32> = vec![0, max_blocks as u32, 2 * max_blocks as u32];
         let table_data: Vec<u32> = tables.iter().map(|&b| b as u32).collect();
         let useq: Vec<u32> = token_seq.iter().map(|&s| s as u32).collect();
         let layout = TokenLayout {

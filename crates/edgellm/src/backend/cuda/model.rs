@@ -30,6 +30,21 @@ const FUSED_NORM_MAX: usize = 4 * 8 * 128;
 /// Most split-K partitions of decode attention.
 const MAX_SPLITS: usize = 16;
 
+/// Dynamic shared memory of the split-K attention kernel (kernels/attention.cu, 256 threads):
+/// the query, the scores, the accumulator reduction and a chunk's key and value rows (256 / TP
+/// positions of `head_dim` elements padded by 16 * TP bytes, TP = 1, 2, 4 threads per position
+/// up to 64, 128, 256 dims).
+pub fn attention_shared_bytes(head_dim: usize, kv_fp8: bool) -> u32 {
+    let threads = 256;
+    let tp = match head_dim {
+        0..=64 => 1,
+        65..=128 => 2,
+        _ => 4,
+    };
+    let row = head_dim * if kv_fp8 { 1 } else { 2 } + 16 * tp;
+    ((head_dim + threads + threads * 8) * 4 + 2 * (threads / tp) * row) as u32
+}
+
 struct LayerBufs {
     sliding: bool,
     attn_norm: DevBuf,              // f32 [hidden]
@@ -640,7 +655,7 @@ impl CudaModel {
                 && n > MAX_GEMV_TOKENS
                 && matches!(c.head_dim, 64 | 128)
                 && n >= 16 * n_seqs;
-            let shmem = ((c.head_dim + 256 + 256 * 8) * 4) as u32;
+            let shmem = attention_shared_bytes(c.head_dim, self.kv_fp8);
             let grid = (nu * n_heads as u32, splits as u32);
             if flash {
                 let tiles = n.div_ceil(PREFILL_TILE) as u32;

@@ -8,85 +8,122 @@
 // scales times 256, fp8.cuh);
 // out: activations (`store_act`) [n_tokens, n_heads * head_dim].
 // Launch: grid (n_tokens * n_heads, n_splits), 256 threads (head_dim <= 256, a multiple of 8),
-// dynamic shared memory (head_dim + 256 + 256 * 8) * 4 bytes. Split-K ("flash decoding"): split z of n_splits
-// takes an equal share of the positions, keeps an online softmax over chunks of 256 positions
-// (one score per thread: a thread reads one key row with 16-byte loads; then each thread sums
-// 8 dims of every 32nd (head_dim 64) value row, 16-byte loads again), and either writes the
-// normalised output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`; the
-// last split of a (token, head) to finish (counted in `done`, which it resets to 0 for the next
-// step) reduces them in split order, so the result does not depend on which split ends last.
-// Tried first: a separate combine kernel (one more launch per layer); one block per KV head
-// serving its G query heads, rows read once for all of them (slower: decode attention 10 -> 37 us
-// and prefill 423 -> 550 us per Llama-3.2-1B layer under ncu, NOTES.md v5); one dim per thread
-// for the value sum, a chain of dependent 2-byte loads (llama-3.2-1b decode 568 tok/s).
+// dynamic shared memory `attention_shared_bytes` (model.rs). Split-K ("flash decoding"): split z
+// of n_splits takes an equal share of the positions and keeps an online softmax over chunks of
+// C = 256 / TP positions (TP = 1, 2, 4 threads per position for head_dim up to 64, 128, 256:
+// each thread scores up to 64 dims). A chunk's key and value rows are copied into shared memory
+// together (cp.async, 16- or 8-byte pieces, rows padded by 16 * TP bytes so that the threads of
+// a position read different banks); each score is a dot product over its row, then each thread
+// sums 8 dims of every 32nd (head_dim 64) value row. The split either writes the normalised
+// output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`; the last split of
+// a (token, head) to finish (counted in `done`, which it resets to 0 for the next step) reduces
+// them in split order, so the result does not depend on which split ends last.
+// The copies of the first chunk's rows that earlier steps wrote are issued before waiting for the
+// previous kernel (they read nothing it writes: a sequence's tokens of this step, at most
+// n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it.
+// Tried first: keys read by each thread from global memory and values after the softmax (two
+// dependent DRAM round trips per chunk, both after the wait; 9.7 us per Llama-3.2-1B decode layer
+// alone under ncu, NOTES.md "Per-kernel profile"); a separate combine kernel (one more launch per
+// layer); one block per KV head serving its G query heads, rows read once for all of them
+// (slower: decode attention 10 -> 37 us and prefill 423 -> 550 us per Llama-3.2-1B layer under
+// ncu, NOTES.md v5); one dim per thread for the value sum, a chain of dependent 2-byte loads
+// (llama-3.2-1b decode 568 tok/s).
+
+// Threads per position of the scores (each up to 64 dims).
+__device__ __forceinline__ int attn_threads_per_position(int head_dim) {
+    return head_dim <= 64 ? 1 : head_dim <= 128 ? 2 : 4;
+}
 
 template <class W, class KV>
 __device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
                                const int* positions, const int* token_seq, const int* tables, int max_blocks, u16* out,
                                float* part, int* done, int n_heads, int n_kv_heads, int head_dim, int block_size,
                                float scale, int window, float cap, float k_mul, float v_mul) {
-    extern __shared__ float sh[];
-    pdl_start();
-    float* qs = sh;                   // [head_dim]
-    float* p = sh + head_dim;         // [blockDim.x] scores, then weights
-    float* red = p + blockDim.x;      // [blockDim.x * 8] accumulator reduction
+    typedef typename KV::T T;
+    extern __shared__ __align__(16) float sh[];
+    int tp = attn_threads_per_position(head_dim), C = blockDim.x / tp;
+    int stride = head_dim + 16 * tp / (int)sizeof(T);  // elements per staged row
+    float* qs = sh;                                    // [head_dim]
+    float* p = sh + head_dim;                          // [C] scores, then weights
+    float* red = p + blockDim.x;                       // [blockDim.x * 8] accumulator reduction
+    T* ks = (T*)(red + blockDim.x * 8);                // [C][stride] key rows of the chunk
+    T* vs = ks + C * stride;                           // [C][stride] value rows
+    int n_tokens = gridDim.x / n_heads;
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
     int kvh = h / (n_heads / n_kv_heads);
     int split = blockIdx.y, n_splits = gridDim.y;
+    // positions and block tables are written before the step starts
     int pos = positions[t];
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     int len = pos + 1 - first;
     int per = (len + n_splits - 1) / n_splits;
     int start = first + split * per, end = min(start + per, pos + 1);
     const int* table = tables + token_seq[t] * max_blocks;
+    int vecs = head_dim / 8;
+    // copies rows [lo, hi) of the chunk at c into ks, vs
+    auto stage = [&](int c, int lo, int hi) {
+        hi = min(hi, c + C);
+        for (int i = threadIdx.x; i < C * vecs; i += blockDim.x) {
+            int r = i / vecs, v = i % vecs, j = c + r;
+            if (j >= lo && j < hi) {
+                size_t at = (((size_t)table[j / block_size] * n_kv_heads + kvh) * block_size + j % block_size) * head_dim;
+                KV::stage8(ks + r * stride + v * 8, k_cache + at + v * 8);
+                KV::stage8(vs + r * stride + v * 8, v_cache + at + v * 8);
+            }
+        }
+    };
+    int written = pos + 1 - n_tokens;  // rows below were written by earlier steps
+    stage(start, start, min(end, written));
+    pdl_start();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[((size_t)t * n_heads + h) * head_dim + d];
-    __syncthreads();
 
+    // scores: thread (jr, part) sums the part-th of every tp-th 8-dim vector of position c + jr
+    int jr = threadIdx.x / tp, jpart = threadIdx.x % tp;
     // the weighted sum of values: a thread owns 8 consecutive dims (one 16-byte load) of every
     // `groups`-th position of a chunk
-    int vecs = head_dim / 8, groups = blockDim.x / vecs;
+    int groups = blockDim.x / vecs;
     int dv = threadIdx.x % vecs, g = threadIdx.x / vecs;
     float m = NEG_INF, l = 0.f, acc[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[e] = 0.f;
-    for (int c = start; c < end; c += blockDim.x) {
-        int j = c + threadIdx.x;
-        float s = NEG_INF;
+    for (int c = start; c < end; c += C) {
+        stage(c, c == start ? max(start, written) : c, end);
+        cp_async_wait();
+        __syncthreads();
+        int j = c + jr;
+        float dot = 0.f;
         if (j < end) {
-            int blk = table[j / block_size];
-            const typename KV::T* k = k_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + j % block_size) * head_dim;
-            float dot = 0.f;
-#pragma unroll 8
-            for (int v = 0; v < vecs; v++) {
+            const T* k = ks + jr * stride;
+            for (int v = jpart; v < vecs; v += tp) {
                 float kf[8];
                 KV::load8(k + v * 8, kf);
 #pragma unroll
                 for (int e = 0; e < 8; e++) dot += kf[e] * qs[v * 8 + e];
             }
-            s = softcap(dot * k_mul * scale, cap);
         }
+        for (int o = 1; o < tp; o <<= 1) dot += __shfl_xor_sync(0xffffffff, dot, o);
+        bool scored = j < end && jpart == 0;
+        float s = scored ? softcap(dot * k_mul * scale, cap) : NEG_INF;
         float m_new = fmaxf(m, block_max(s));
-        float w = j < end ? expf(s - m_new) : 0.f;
-        p[threadIdx.x] = w;
+        float w = scored ? expf(s - m_new) : 0.f;
+        if (jpart == 0) p[jr] = w;
         float rescale = expf(m - m_new);  // 0 on the first chunk (m = -inf)
         l = l * rescale + block_sum(w);   // block_sum syncs: p is visible below
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[e] *= rescale;
         m = m_new;
-        int n = min((int)blockDim.x, end - c);
+        int n = min(C, end - c);
         if (g < groups) {
 #pragma unroll 4
             for (int i = g; i < n; i += groups) {
-                int jj = c + i;
-                int blk = table[jj / block_size];
                 float vf[8];
-                KV::load8(v_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + jj % block_size) * head_dim + dv * 8, vf);
+                KV::load8(vs + i * stride + dv * 8, vf);
                 float pi = p[i];
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[e] += pi * vf[e];
             }
         }
-        __syncthreads();  // p is rewritten by the next chunk
+        __syncthreads();  // p, ks and vs are rewritten by the next chunk
     }
     // reduce the groups' accumulators: red is [groups, head_dim]
     if (g < groups) {

@@ -235,6 +235,21 @@ __device__ __forceinline__ float activation(float g, int act) {
 
 __device__ __forceinline__ float softcap(float v, float cap) { return cap > 0.f ? cap * tanhf(v / cap) : v; }
 
+// Asynchronous global -> shared copies of BYTES (8 or 16) bytes (sm_80+), waited for by
+// `cp_async_wait` (every copy this thread issued has landed; a __syncthreads makes them visible
+// to the block).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* shared, const void* global) {
+    unsigned at;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(at) : "l"(shared));
+    if (BYTES == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(at), "l"(global) : "memory");
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(at), "l"(global) : "memory");
+    }
+}
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 // Programmatic dependent launch (sm_90+; no-ops elsewhere and when a kernel was launched without
 // the attribute). A kernel launched with it may start while the previous kernel of the stream
 // still runs: it does only work that reads nothing an earlier kernel writes (GEMV weight loads),

@@ -38,10 +38,12 @@ __device__ __forceinline__ unsigned char fp8_encode(float x) {
 
 // KV cache elements. `load8` reads 8 consecutive elements (16- or 8-byte load) as floats in
 // units of `unit` (fp16: the value; fp8: value / 256, the 256 and the per-tensor scale joining
-// the caller's multipliers); `store` writes value / scale.
+// the caller's multipliers); `store` writes value / scale; `stage8` copies 8 elements from the
+// cache into shared memory asynchronously (common.cuh `cp_async`).
 struct KvF16 {
     typedef u16 T;
     static __device__ __forceinline__ void load8(const T* p, float* f) { unpack8<F16>(*(const uint4*)p, f); }
+    static __device__ __forceinline__ void stage8(T* shared, const T* global) { cp_async<16>(shared, global); }
     static __device__ __forceinline__ void store(T* p, float v, float) { *p = F16::from_f(v); }
 };
 
@@ -53,4 +55,5 @@ struct KvFp8 {
         fp8x4_to_f(raw.y, f + 4);
     }
     static __device__ __forceinline__ void store(T* p, float v, float scale) { *p = fp8_encode(v / scale); }
+    static __device__ __forceinline__ void stage8(T* shared, const T* global) { cp_async<8>(shared, global); }
 };
