@@ -173,12 +173,14 @@ impl GemvKernel {
 }
 
 /// Warps per output row of [`GemvKernel::Rows`]: long rows split 4 ways keep enough loads in
-/// flight (NOTES.md v3).
-fn rows_ksplit(cols: usize) -> i32 {
-    if cols >= 4096 {
-        4
-    } else {
-        2
+/// flight (NOTES.md v3); rows shorter than 2,048 (Qwen2.5-0.5B's 896) take one warp each, whose
+/// lanes then have twice the loads in flight that two warps' lanes have, at the same number of
+/// resident warps (NOTES.md ks1).
+fn rows_ksplit(gpu: &Gpu, cols: usize) -> i32 {
+    match cols {
+        4096.. => 4,
+        2048.. => 2,
+        _ => gpu.short_rows_ksplit,
     }
 }
 
@@ -216,7 +218,7 @@ pub(crate) fn launch_gemv(
                 w, x, out, rows as i32, cols as i32, cap, act)
         }
         GemvKernel::Rows => {
-            let ks = rows_ksplit(cols);
+            let ks = rows_ksplit(gpu, cols);
             let name = format!("gemv_rows{kind}_{dt}_n{n}");
             let shmem = fuse.shared_bytes(n, cols, dt == "bf16");
             let grid = gpu.row_group_grid(&name, (rows as u32 * ks as u32).div_ceil(4), 128, shmem)?;
@@ -640,8 +642,9 @@ impl CudaModel {
             // attend over cached keys
             let window = if l.sliding { c.sliding_window.unwrap_or(0) as i32 } else { 0 };
             let cap = c.attn_logit_softcapping.unwrap_or(0.0);
-            // decode splits each head's positions so the chip is busy at batch 1; the count does not
-            // depend on the batch, so a sequence's tokens are the same alone or batched
+            // decode splits each head's positions so the chip is busy at batch 1 (at most this many
+            // splits: the kernel takes fewer for short contexts); the count does not depend on the
+            // batch, so a sequence's tokens are the same alone or batched
             let splits = if n <= MAX_GEMV_TOKENS {
                 (g.sm_count / c.num_attention_heads).clamp(1, MAX_SPLITS)
             } else {

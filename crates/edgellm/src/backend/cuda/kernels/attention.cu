@@ -8,8 +8,10 @@
 // scales times 256, fp8.cuh);
 // out: activations (`store_act`) [n_tokens, n_heads * head_dim].
 // Launch: grid (n_tokens * n_heads, n_splits), 256 threads (head_dim <= 256, a multiple of 8),
-// dynamic shared memory `attention_shared_bytes` (model.rs). Split-K ("flash decoding"): split z
-// of n_splits takes an equal share of the positions and keeps an online softmax over chunks of
+// dynamic shared memory `attention_shared_bytes` (model.rs). Split-K ("flash decoding"): a
+// token's positions are cut into n_splits = min(gridDim.y, ceil(len / SPLIT_POSITIONS)) equal
+// shares (the blocks of further splits leave at once; the count depends on the token's own
+// context only, so not on the batch), and split z keeps an online softmax over chunks of
 // C = 256 / TP positions (TP = 1, 2, 4 threads per position for head_dim up to 64, 128, 256:
 // each thread scores up to 64 dims). A chunk's key and value rows are copied into shared memory
 // together (cp.async, 16- or 8-byte pieces, rows padded by 16 * TP bytes so that the threads of
@@ -18,6 +20,9 @@
 // output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`; the last split of
 // a (token, head) to finish (counted in `done`, which it resets to 0 for the next step) reduces
 // them in split order, so the result does not depend on which split ends last.
+// The next kernel (the output projection) is released only when this grid ends (no
+// `pdl_trigger`): launched early, its blocks streamed the projection's weights in beside these
+// latency-bound blocks and slowed them (Llama-3.2-1B decode +4% without: NOTES.md "at2").
 // The copies of the first chunk's rows that earlier steps wrote are issued before waiting for the
 // previous kernel (they read nothing it writes: a sequence's tokens of this step, at most
 // n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it.
@@ -33,6 +38,10 @@
 __device__ __forceinline__ int attn_threads_per_position(int head_dim) {
     return head_dim <= 64 ? 1 : head_dim <= 128 ? 2 : 4;
 }
+
+// Positions per split of decode attention: fewer, longer splits cost less than the combine
+// (measured best at ~160 for Llama-3.2-1B and Qwen2.5-0.5B at 512-768 positions, NOTES.md "at2").
+#define SPLIT_POSITIONS 160
 
 template <class W, class KV>
 __device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
@@ -51,11 +60,12 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     int n_tokens = gridDim.x / n_heads;
     int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
     int kvh = h / (n_heads / n_kv_heads);
-    int split = blockIdx.y, n_splits = gridDim.y;
     // positions and block tables are written before the step starts
     int pos = positions[t];
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     int len = pos + 1 - first;
+    int split = blockIdx.y, n_splits = min((int)gridDim.y, (len + SPLIT_POSITIONS - 1) / SPLIT_POSITIONS);
+    if (split >= n_splits) return;
     int per = (len + n_splits - 1) / n_splits;
     int start = first + split * per, end = min(start + per, pos + 1);
     const int* table = tables + token_seq[t] * max_blocks;
@@ -74,7 +84,7 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     };
     int written = pos + 1 - n_tokens;  // rows below were written by earlier steps
     stage(start, start, min(end, written));
-    pdl_start();
+    pdl_wait();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[((size_t)t * n_heads + h) * head_dim + d];
 
     // scores: thread (jr, part) sums the part-th of every tp-th 8-dim vector of position c + jr
@@ -139,7 +149,7 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
             store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)gridDim.x * head_dim,
                          l > 0.f ? a / l : 0.f);
         } else {
-            float* pp = part + (((size_t)t * n_heads + h) * n_splits + split) * (head_dim + 2);
+            float* pp = part + ((size_t)blockIdx.x * gridDim.y + split) * (head_dim + 2);
             pp[2 + threadIdx.x] = a;
             if (threadIdx.x == 0) {
                 pp[0] = m;
@@ -159,7 +169,7 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     if (!last || threadIdx.x >= head_dim) return;
     __threadfence();
     // sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z; L2 reads (__ldcg): other SMs wrote them
-    const float* pp = part + (size_t)blockIdx.x * n_splits * (head_dim + 2);
+    const float* pp = part + (size_t)blockIdx.x * gridDim.y * (head_dim + 2);
     float mx = NEG_INF;
     for (int z = 0; z < n_splits; z++) mx = fmaxf(mx, __ldcg(pp + z * (head_dim + 2)));
     float num = 0.f, den = 0.f;
