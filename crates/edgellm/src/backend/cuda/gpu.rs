@@ -163,9 +163,6 @@ pub struct Gpu {
     /// Row-group GEMVs in one resident wave ([`Gpu::row_group_grid`]; `EDGELLM_CUDA_ONE_WAVE=0`:
     /// a block per group, to measure what it gains).
     one_wave: bool,
-    /// Warps per output row of a CUDA-core GEMV over rows shorter than 2,048 (model.rs
-    /// `rows_ksplit`; `EDGELLM_CUDA_SHORT_KSPLIT=2`: two, as before, to measure what one gains).
-    pub short_rows_ksplit: i32,
     /// Where the loaded kernels came from.
     pub kernels: compile::KernelOrigin,
 }
@@ -325,8 +322,6 @@ impl Gpu {
             false => None,
         };
         let one_wave = std::env::var("EDGELLM_CUDA_ONE_WAVE").map_or(true, |v| v != "0");
-        let short_rows_ksplit =
-            if std::env::var("EDGELLM_CUDA_SHORT_KSPLIT").is_ok_and(|v| v == "2") { 2 } else { 1 };
         Ok(Gpu {
             ctx,
             stream,
@@ -340,7 +335,6 @@ impl Gpu {
             pdl,
             lt,
             one_wave,
-            short_rows_ksplit,
             kernels,
         })
     }

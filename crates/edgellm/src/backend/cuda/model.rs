@@ -172,15 +172,16 @@ impl GemvKernel {
     }
 }
 
-/// Warps per output row of [`GemvKernel::Rows`]: long rows split 4 ways keep enough loads in
-/// flight (NOTES.md v3); rows shorter than 2,048 (Qwen2.5-0.5B's 896) take one warp each, whose
-/// lanes then have twice the loads in flight that two warps' lanes have, at the same number of
-/// resident warps (NOTES.md ks1).
-fn rows_ksplit(gpu: &Gpu, cols: usize) -> i32 {
-    match cols {
-        4096.. => 4,
+/// Warps per output row of the CUDA-core decode GEMVs (gemv_rows.cu, quant.cu), from the row's
+/// bytes alone (so a token's sums are the same at every batch size): long rows split 4 ways keep
+/// enough loads in flight (NOTES.md v3); a row under 2 KB takes one warp, whose lanes then hold
+/// twice the loads that two warps' lanes would at the same number of resident warps (16-bit
+/// Qwen2.5-0.5B, 896 columns: +12%, NOTES.md ks1).
+pub(super) fn warps_per_row(row_bytes: usize) -> i32 {
+    match row_bytes {
+        8192.. => 4,
         2048.. => 2,
-        _ => gpu.short_rows_ksplit,
+        _ => 1,
     }
 }
 
@@ -218,7 +219,7 @@ pub(crate) fn launch_gemv(
                 w, x, out, rows as i32, cols as i32, cap, act)
         }
         GemvKernel::Rows => {
-            let ks = rows_ksplit(gpu, cols);
+            let ks = warps_per_row(2 * cols);
             let name = format!("gemv_rows{kind}_{dt}_n{n}");
             let shmem = fuse.shared_bytes(n, cols, dt == "bf16");
             let grid = gpu.row_group_grid(&name, (rows as u32 * ks as u32).div_ceil(4), 128, shmem)?;

@@ -9,6 +9,7 @@
 //! of [`MAX_GEMV_TOKENS`] tokens. Activations are fp16 for these kernels.
 
 use super::gpu::{DevBuf, Gpu};
+use super::model::warps_per_row;
 use crate::backend::cpu::{Matrix, MatrixData};
 use crate::{Error, Result};
 
@@ -123,15 +124,9 @@ impl GpuMatrix {
         self.scales.as_ref().map_or(0, |s| s.ptr())
     }
 
-    /// Warps per GEMV row, from the row's bytes alone (so a token's sums are the same at every
-    /// batch size): enough that each warp keeps a few 16-byte loads per lane in flight.
+    /// Warps per GEMV row ([`warps_per_row`] of the packed row's bytes).
     fn ksplit(&self) -> i32 {
-        let bytes = self.cols * 16 / self.elems_per_vector();
-        match bytes {
-            b if b >= 8192 => 4,
-            b if b >= 2048 => 2,
-            _ => 1,
-        }
+        warps_per_row(self.cols * 16 / self.elems_per_vector())
     }
 
     /// Groups of rows of the GEMV (a block's 4 warps cover 4 / ksplit rows).
