@@ -7,8 +7,8 @@
 //! group's largest; normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the
 //! weights become `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the candidate
 //! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
-//! `s = 1` (plain quantization) is a candidate too, so AWQ never does worse on the calibration
-//! data. llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s`
+//! `s = 1` (plain quantization) is a candidate too, so no block's calibration error grows (the
+//! perplexity can: BENCHMARKS.md). llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s`
 //! is folded into what produces `X` — the norm weight, or the up rows of `w_gate_up` for the
 //! down projection — so the runtime and the package layout are unchanged. The output projection
 //! is not scaled: with grouped-query attention its input channels do not map one-to-one to V rows
@@ -26,8 +26,11 @@
 //! from which the per-tensor `kv_scale`s are set.
 //!
 //! Calibration runs layer by layer like the export: the hidden states of the calibration tokens
-//! go through the layer as quantized (so each layer calibrates on the inputs it will see), and
-//! memory holds one layer and `[tokens, hidden]` activations. The text is cut into sequences of
+//! go through each layer in full precision (its scales folded, its weights not rounded), so that
+//! every layer calibrates on the full-precision model's activations as in llm-awq — on the
+//! quantized model's, AWQ measured worse on every text (BENCHMARKS.md); only GPTQ carries them
+//! through the quantized layer, to compensate the errors of the layers before. Memory holds one
+//! layer and `[tokens, hidden]` activations. The text is cut into sequences of
 //! `seq_len` tokens, each attended on its own, so that 2,048 tokens cost four times 512 tokens
 //! rather than sixteen times.
 
@@ -129,18 +132,22 @@ impl Calibration {
 
     /// Layer `i` in `format`: AWQ scales folded in (with `opts.awq`), int4 rounded by GPTQ
     /// (with `opts.gptq`), and with fp8 KV-cache scales measured over the calibration tokens
-    /// (with `kv_scales`); advances the hidden states past the layer as quantized, so later
-    /// layers calibrate on the inputs they will see.
+    /// (with `kv_scales`); advances the hidden states past the layer in full precision (scales
+    /// folded, weights not rounded), or as quantized with `opts.gptq`.
     pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat, kv_scales: bool) -> Result<Layer> {
         let mut layer = ld.layer_f32(i)?;
         if self.opts.awq {
             self.fold_scales(&mut layer, format);
         }
+        // AWQ and the KV scales calibrate on the full-precision model's activations (llm-awq's
+        // choice; on the quantized model's, AWQ measured worse on every text, BENCHMARKS.md);
+        // GPTQ on the quantized model's, so that it compensates the errors before it
+        let full = (!self.opts.gptq).then(|| layer.clone());
         let mut layer = match format {
             WeightFormat::Int4 { group } if self.opts.gptq => self.gptq_layer(layer, group),
             _ => layer.converted(format),
         };
-        let pass = self.run(&layer, false);
+        let pass = self.run(full.as_ref().unwrap_or(&layer), false);
         self.x = pass.x;
         if kv_scales {
             // 2× headroom: a value beyond the calibration maximum would saturate, while halving
@@ -152,22 +159,25 @@ impl Calibration {
 
     /// Folds AWQ's per-input-channel scales into `layer` (f32): the QKV and gate/up columns
     /// with their norms, the down columns with the up rows of `w_gate_up`. As in llm-awq, each
-    /// candidate is judged on the output of the block the matrix feeds — attention for QKV (its
-    /// errors pass through RoPE and softmax), the whole MLP for gate/up (through the gated
+    /// candidate is judged on the output of the block the matrix feeds — attention through the
+    /// output projection for QKV (its errors pass through RoPE, softmax and the heads' mixing;
+    /// before the output projection it measured worse), the whole MLP for gate/up (through the gated
     /// activation and the down projection) — not on the matrix's own outputs: judged on those,
     /// the QKV and gate/up scales made Qwen2.5-Coder-0.5B's perplexity worse (BENCHMARKS.md).
     fn fold_scales(&self, layer: &mut Layer, format: WeightFormat) {
         let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
         let eps = self.cfg.rms_norm_eps;
         let act_fn = self.cfg.hidden_act;
-        // inputs of the QKV projection; the candidates' attention outputs over all tokens
+        // inputs of the QKV projection; the candidates' attention block outputs over all tokens
         let mut h_attn = vec![0f32; t * hidden];
         ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h_attn);
         let attention = |s: &[f32], q: Matrix| {
             let mut l = layer.clone();
             l.wqkv = q;
             l.attn_norm.iter_mut().zip(s).for_each(|(w, s)| *w /= s);
-            self.run(&l, true).attn
+            let mut out = vec![0f32; t * hidden];
+            matmul(&self.run(&l, true).attn, t, &layer.wo, &mut out);
+            out
         };
         let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention);
         scale_columns(&mut layer.wqkv, &s_qkv);
@@ -448,15 +458,22 @@ mod tests {
         }
     }
 
-    /// The layer-by-layer calibration pass (several sequences, f32, no scales) ends in the
-    /// hidden states the whole model computes for each sequence on its own.
+    /// The layer-by-layer calibration pass (several sequences, no scales) ends in the hidden
+    /// states the whole f32 model computes for each sequence on its own — also when the layers
+    /// it hands out are int4: it carries the full-precision activations.
     #[test]
     fn calibration_pass_matches_the_models_forward() {
-        for fixture in ["tiny-qwen2", "tiny-gemma3"] {
+        for (fixture, format) in [
+            ("tiny-qwen2", WeightFormat::F32),
+            ("tiny-gemma3", WeightFormat::F32),
+            ("tiny-qwen2", WeightFormat::Int4 { group: 64 }),
+        ] {
             let opts = AwqOptions { awq: false, max_tokens: 100, seq_len: 40, ..AwqOptions::default() };
             calibrate(fixture, &opts, |src, ld, mut cal| {
                 for i in 0..src.config.num_hidden_layers {
-                    cal.layer(ld, i, WeightFormat::F32, false).unwrap();
+                    let layer = cal.layer(ld, i, format, false).unwrap();
+                    let int4 = matches!(layer.w_down.data, MatrixData::Int4 { .. });
+                    assert_eq!(int4, format != WeightFormat::F32, "{fixture}: layer {i} not in {format}");
                 }
                 let model =
                     Model::load(src.weights.as_ref(), src.config.clone(), LoadOptions::default()).unwrap();
