@@ -6,9 +6,10 @@
 //! `s = mean|X|^α / mean|Ŵ|^(1−α)` (AutoAWQ's "duo scaling", `Ŵ` each weight relative to its
 //! group's largest; normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the
 //! weights become `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the candidate
-//! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
-//! `s = 1` (plain quantization) is a candidate too, so no block's calibration error grows (the
-//! perplexity can: BENCHMARKS.md). llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s`
+//! whose quantized output `Q(W·diag(s))·(X/s)` is closest to `W·X` wins (squared error, each
+//! token's relative to the residual stream the block adds it to). `s = 1` (plain quantization)
+//! is a candidate too, so no block's calibration error grows (the perplexity can:
+//! BENCHMARKS.md). llm-awq's `s = mean|X|^α` alone measured worse on every text. The `1/s`
 //! is folded into what produces `X` — the norm weight, or the up rows of `w_gate_up` for the
 //! down projection — so the runtime and the package layout are unchanged. The output projection
 //! is not scaled: with grouped-query attention its input channels do not map one-to-one to V rows
@@ -136,18 +137,23 @@ impl Calibration {
     /// folded, weights not rounded), or as quantized with `opts.gptq`.
     pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat, kv_scales: bool) -> Result<Layer> {
         let mut layer = ld.layer_f32(i)?;
+        // the full-precision pass (AWQ's scales leave it unchanged): the residual stream AWQ
+        // weighs errors against and, but with GPTQ, the next layer's inputs and the KV ranges
+        let full = self.run(&layer, false);
         if self.opts.awq {
-            self.fold_scales(&mut layer, format);
+            self.fold_scales(&mut layer, format, &full.x);
         }
         // AWQ and the KV scales calibrate on the full-precision model's activations (llm-awq's
         // choice; on the quantized model's, AWQ measured worse on every text, BENCHMARKS.md);
         // GPTQ on the quantized model's, so that it compensates the errors before it
-        let full = (!self.opts.gptq).then(|| layer.clone());
-        let mut layer = match format {
-            WeightFormat::Int4 { group } if self.opts.gptq => self.gptq_layer(layer, group),
-            _ => layer.converted(format),
+        let (mut layer, pass) = match format {
+            WeightFormat::Int4 { group } if self.opts.gptq => {
+                let layer = self.gptq_layer(layer, group);
+                let pass = self.run(&layer, false);
+                (layer, pass)
+            }
+            _ => (layer.converted(format), full),
         };
-        let pass = self.run(full.as_ref().unwrap_or(&layer), false);
         self.x = pass.x;
         if kv_scales {
             // 2× headroom: a value beyond the calibration maximum would saturate, while halving
@@ -164,13 +170,20 @@ impl Calibration {
     /// before the output projection it measured worse), the whole MLP for gate/up (through the gated
     /// activation and the down projection) — not on the matrix's own outputs: judged on those,
     /// the QKV and gate/up scales made Qwen2.5-Coder-0.5B's perplexity worse (BENCHMARKS.md).
-    fn fold_scales(&self, layer: &mut Layer, format: WeightFormat) {
+    /// Each token's error counts relative to the residual stream it is added to (the mean square
+    /// of its row after attention, or of `x_out`, after the layer): the next norm divides it by
+    /// that stream's RMS, so raw errors would let a few tokens with huge hidden states (the
+    /// attention sink) choose the scales; weighted so, AWQ measured better on the held-out texts.
+    fn fold_scales(&self, layer: &mut Layer, format: WeightFormat, x_out: &[f32]) {
         let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
         let eps = self.cfg.rms_norm_eps;
         let act_fn = self.cfg.hidden_act;
         // inputs of the QKV projection; the candidates' attention block outputs over all tokens
         let mut h_attn = vec![0f32; t * hidden];
         ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h_attn);
+        // the residual stream after attention (the layer with its MLP output zeroed); folding
+        // scales does not change it
+        let x_mid = self.run(layer, true).x;
         let attention = |s: &[f32], q: Matrix| {
             let mut l = layer.clone();
             l.wqkv = q;
@@ -179,11 +192,9 @@ impl Calibration {
             matmul(&self.run(&l, true).attn, t, &layer.wo, &mut out);
             out
         };
-        let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention);
+        let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention, &inv_ms(&x_mid, hidden));
         scale_columns(&mut layer.wqkv, &s_qkv);
         layer.attn_norm.iter_mut().zip(&s_qkv).for_each(|(w, s)| *w /= s);
-        // the residual stream after attention: the layer run with its MLP output zeroed
-        let x_mid = self.run(layer, true).x;
         let mut h_ffn = vec![0f32; t * hidden];
         ops::rmsnorm(&x_mid, &layer.ffn_norm, 0.0, eps, &mut h_ffn);
         let mut gate_up = vec![0f32; t * 2 * ffn];
@@ -201,13 +212,14 @@ impl Calibration {
             matmul(&a, m, w_down, &mut out);
             out
         };
-        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format, Some(&mlp), &|_, _| unreachable!());
+        let w_out = inv_ms(x_out, hidden);
+        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format, Some(&mlp), &|_, _| unreachable!(), &w_out);
         let own = |x: &[f32], q: Matrix| {
             let mut out = vec![0f32; x.len() / q.cols * q.rows];
             matmul(x, x.len() / q.cols, &q, &mut out);
             out
         };
-        let s_down = self.search(&act, &layer.w_down, format, Some(&own), &|_, _| unreachable!());
+        let s_down = self.search(&act, &layer.w_down, format, Some(&own), &|_, _| unreachable!(), &w_out);
         scale_columns(&mut layer.w_gate_up, &s_gu);
         layer.ffn_norm.iter_mut().zip(&s_gu).for_each(|(w, s)| *w /= s);
         scale_columns(&mut layer.w_down, &s_down);
@@ -313,7 +325,8 @@ impl Calibration {
     /// The per-input-channel scale for `w` with inputs `x: [tokens, w.cols]`. A candidate `s`
     /// is judged by the block output it gives against the f32 one: `rows(xs / s, Q(w·diag(s)))`
     /// on the loss rows `xs` when `rows` is given, else `whole(s, Q(w·diag(s)))` (a block that
-    /// needs every token, e.g. attention).
+    /// needs every token, e.g. attention), each output row's squared error times its token's
+    /// `token_weight`.
     fn search(
         &self,
         x: &[f32],
@@ -321,6 +334,7 @@ impl Calibration {
         format: WeightFormat,
         rows: Option<&Block<'_>>,
         whole: &Block<'_>,
+        token_weight: &[f32],
     ) -> Vec<f32> {
         let (n, k) = (w.rows, w.cols);
         let MatrixData::F32(wv) = &w.data else { unreachable!("f32 layer") };
@@ -329,7 +343,8 @@ impl Calibration {
             mean.iter_mut().zip(row).for_each(|(m, v)| *m += v.abs());
         }
         mean.iter_mut().for_each(|m| *m /= self.tokens as f32);
-        let xs: Vec<f32> = self.loss_rows().iter().flat_map(|&r| x[r * k..][..k].iter().copied()).collect();
+        let loss = self.loss_rows();
+        let xs: Vec<f32> = loss.iter().flat_map(|&r| x[r * k..][..k].iter().copied()).collect();
         let block = |s: &[f32], q: Matrix| match rows {
             Some(f) => {
                 let xq: Vec<f32> =
@@ -339,6 +354,12 @@ impl Calibration {
             None => whole(s, q),
         };
         let want = block(&vec![1.0; k], w.clone());
+        // the weight of each output row: its token's, for the loss rows or for every token
+        let row_weight: Vec<f64> = match rows {
+            Some(_) => loss.iter().map(|&r| token_weight[r] as f64).collect(),
+            None => token_weight.iter().map(|&w| w as f64).collect(),
+        };
+        let width = want.len() / row_weight.len();
         let (mut best, mut best_err) = (vec![1f32; k], f64::INFINITY);
         // AutoAWQ's "duo scaling": each input channel's mean weight magnitude, each weight taken
         // relative to its (row, group)'s largest, divides the scale with exponent `1 − α`
@@ -373,7 +394,12 @@ impl Calibration {
             let scaled: Vec<f32> =
                 wv.chunks_exact(k).flat_map(|row| row.iter().zip(&s).map(|(w, s)| w * s)).collect();
             let got = block(&s, Matrix::from_f32(n, k, scaled).converted(format));
-            let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let err: f64 = got
+                .chunks_exact(width)
+                .zip(want.chunks_exact(width))
+                .zip(&row_weight)
+                .map(|((a, b), w)| w * a.iter().zip(b).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>())
+                .sum();
             if err < best_err {
                 (best, best_err) = (s, err);
             }
@@ -390,6 +416,20 @@ struct Pass {
     x: Vec<f32>,       // [tokens, hidden] residual stream after the layer
     attn: Vec<f32>,    // [tokens, q_dim] attention output
     kv_amax: [f32; 2], // largest |K| (after RoPE) and |V|
+}
+
+/// `1 / mean(x²)` of each `[_, hidden]` row (0 for a zero row).
+fn inv_ms(x: &[f32], hidden: usize) -> Vec<f32> {
+    x.chunks_exact(hidden)
+        .map(|r| {
+            let ms = r.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            if ms > 0.0 {
+                1.0 / ms
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// An f32 matrix rounded to int4 by GPTQ against inputs `x: [tokens, cols]` (plain conversion
@@ -441,7 +481,7 @@ mod tests {
                     let plain = ld.layer_f32(i).unwrap();
                     let want = cal.run(&plain, false).x;
                     let mut scaled = plain.clone();
-                    cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 });
+                    cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 }, &want);
                     changed += (scaled.attn_norm != plain.attn_norm) as usize
                         + (scaled.ffn_norm != plain.ffn_norm) as usize;
                     let got = cal.run(&scaled, false).x;
