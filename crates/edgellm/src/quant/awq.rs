@@ -6,9 +6,10 @@
 //! `s = mean|X|^α / mean|Ŵ|^(1−α)` (AutoAWQ's "duo scaling", `Ŵ` each weight relative to its
 //! group's largest; normalised by `√(max·min)`) is searched over `α ∈ {0, 1/grid, …}`: the
 //! weights become `W·diag(s)` before quantization and the input `X·diag(1/s)`, and the candidate
-//! whose quantized output `Q(W·diag(s))·(X/s)` is closest (mean squared error) to `W·X` wins.
-//! `s = 1` (plain quantization) is a candidate too, so AWQ never does worse on the calibration
-//! data. llm-awq's `s = mean|X|^α` alone measured worse on every text (BENCHMARKS.md). The `1/s`
+//! whose quantized output `Q(W·diag(s))·(X/s)` is closest to `W·X` wins (squared error, each
+//! token's relative to the residual stream the block adds it to). `s = 1` (plain quantization)
+//! is a candidate too, so no block's calibration error grows (the perplexity can:
+//! BENCHMARKS.md). llm-awq's `s = mean|X|^α` alone measured worse on every text. The `1/s`
 //! is folded into what produces `X` — the norm weight, or the up rows of `w_gate_up` for the
 //! down projection — so the runtime and the package layout are unchanged. The output projection
 //! is not scaled: with grouped-query attention its input channels do not map one-to-one to V rows
@@ -26,8 +27,11 @@
 //! from which the per-tensor `kv_scale`s are set.
 //!
 //! Calibration runs layer by layer like the export: the hidden states of the calibration tokens
-//! go through the layer as quantized (so each layer calibrates on the inputs it will see), and
-//! memory holds one layer and `[tokens, hidden]` activations. The text is cut into sequences of
+//! go through each layer in full precision (its scales folded, its weights not rounded), so that
+//! every layer calibrates on the full-precision model's activations as in llm-awq — on the
+//! quantized model's, AWQ measured worse on every text (BENCHMARKS.md); only GPTQ carries them
+//! through the quantized layer, to compensate the errors of the layers before. Memory holds one
+//! layer and `[tokens, hidden]` activations. The text is cut into sequences of
 //! `seq_len` tokens, each attended on its own, so that 2,048 tokens cost four times 512 tokens
 //! rather than sixteen times.
 
@@ -129,18 +133,27 @@ impl Calibration {
 
     /// Layer `i` in `format`: AWQ scales folded in (with `opts.awq`), int4 rounded by GPTQ
     /// (with `opts.gptq`), and with fp8 KV-cache scales measured over the calibration tokens
-    /// (with `kv_scales`); advances the hidden states past the layer as quantized, so later
-    /// layers calibrate on the inputs they will see.
+    /// (with `kv_scales`); advances the hidden states past the layer in full precision (scales
+    /// folded, weights not rounded), or as quantized with `opts.gptq`.
     pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat, kv_scales: bool) -> Result<Layer> {
         let mut layer = ld.layer_f32(i)?;
+        // the full-precision pass (AWQ's scales leave it unchanged): the residual stream AWQ
+        // weighs errors against and, but with GPTQ, the next layer's inputs and the KV ranges
+        let full = self.run(&layer, false);
         if self.opts.awq {
-            self.fold_scales(&mut layer, format);
+            self.fold_scales(&mut layer, format, &full.x);
         }
-        let mut layer = match format {
-            WeightFormat::Int4 { group } if self.opts.gptq => self.gptq_layer(layer, group),
-            _ => layer.converted(format),
+        // AWQ and the KV scales calibrate on the full-precision model's activations (llm-awq's
+        // choice; on the quantized model's, AWQ measured worse on every text, BENCHMARKS.md);
+        // GPTQ on the quantized model's, so that it compensates the errors before it
+        let (mut layer, pass) = match format {
+            WeightFormat::Int4 { group } if self.opts.gptq => {
+                let layer = self.gptq_layer(layer, group);
+                let pass = self.run(&layer, false);
+                (layer, pass)
+            }
+            _ => (layer.converted(format), full),
         };
-        let pass = self.run(&layer, false);
         self.x = pass.x;
         if kv_scales {
             // 2× headroom: a value beyond the calibration maximum would saturate, while halving
@@ -152,28 +165,36 @@ impl Calibration {
 
     /// Folds AWQ's per-input-channel scales into `layer` (f32): the QKV and gate/up columns
     /// with their norms, the down columns with the up rows of `w_gate_up`. As in llm-awq, each
-    /// candidate is judged on the output of the block the matrix feeds — attention for QKV (its
-    /// errors pass through RoPE and softmax), the whole MLP for gate/up (through the gated
+    /// candidate is judged on the output of the block the matrix feeds — attention through the
+    /// output projection for QKV (its errors pass through RoPE, softmax and the heads' mixing;
+    /// before the output projection it measured worse), the whole MLP for gate/up (through the gated
     /// activation and the down projection) — not on the matrix's own outputs: judged on those,
     /// the QKV and gate/up scales made Qwen2.5-Coder-0.5B's perplexity worse (BENCHMARKS.md).
-    fn fold_scales(&self, layer: &mut Layer, format: WeightFormat) {
+    /// Each token's error counts relative to the residual stream it is added to (the mean square
+    /// of its row after attention, or of `x_out`, after the layer): the next norm divides it by
+    /// that stream's RMS, so raw errors would let a few tokens with huge hidden states (the
+    /// attention sink) choose the scales; weighted so, AWQ measured better on the held-out texts.
+    fn fold_scales(&self, layer: &mut Layer, format: WeightFormat, x_out: &[f32]) {
         let (t, hidden, ffn) = (self.tokens, self.cfg.hidden_size, self.cfg.intermediate_size);
         let eps = self.cfg.rms_norm_eps;
         let act_fn = self.cfg.hidden_act;
-        // inputs of the QKV projection; the candidates' attention outputs over all tokens
+        // inputs of the QKV projection; the candidates' attention block outputs over all tokens
         let mut h_attn = vec![0f32; t * hidden];
         ops::rmsnorm(&self.x, &layer.attn_norm, 0.0, eps, &mut h_attn);
+        // the residual stream after attention (the layer with its MLP output zeroed); folding
+        // scales does not change it
+        let x_mid = self.run(layer, true).x;
         let attention = |s: &[f32], q: Matrix| {
             let mut l = layer.clone();
             l.wqkv = q;
             l.attn_norm.iter_mut().zip(s).for_each(|(w, s)| *w /= s);
-            self.run(&l, true).attn
+            let mut out = vec![0f32; t * hidden];
+            matmul(&self.run(&l, true).attn, t, &layer.wo, &mut out);
+            out
         };
-        let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention);
+        let s_qkv = self.search(&h_attn, &layer.wqkv, format, None, &attention, &inv_ms(&x_mid, hidden));
         scale_columns(&mut layer.wqkv, &s_qkv);
         layer.attn_norm.iter_mut().zip(&s_qkv).for_each(|(w, s)| *w /= s);
-        // the residual stream after attention: the layer run with its MLP output zeroed
-        let x_mid = self.run(layer, true).x;
         let mut h_ffn = vec![0f32; t * hidden];
         ops::rmsnorm(&x_mid, &layer.ffn_norm, 0.0, eps, &mut h_ffn);
         let mut gate_up = vec![0f32; t * 2 * ffn];
@@ -191,13 +212,14 @@ impl Calibration {
             matmul(&a, m, w_down, &mut out);
             out
         };
-        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format, Some(&mlp), &|_, _| unreachable!());
+        let w_out = inv_ms(x_out, hidden);
+        let s_gu = self.search(&h_ffn, &layer.w_gate_up, format, Some(&mlp), &|_, _| unreachable!(), &w_out);
         let own = |x: &[f32], q: Matrix| {
             let mut out = vec![0f32; x.len() / q.cols * q.rows];
             matmul(x, x.len() / q.cols, &q, &mut out);
             out
         };
-        let s_down = self.search(&act, &layer.w_down, format, Some(&own), &|_, _| unreachable!());
+        let s_down = self.search(&act, &layer.w_down, format, Some(&own), &|_, _| unreachable!(), &w_out);
         scale_columns(&mut layer.w_gate_up, &s_gu);
         layer.ffn_norm.iter_mut().zip(&s_gu).for_each(|(w, s)| *w /= s);
         scale_columns(&mut layer.w_down, &s_down);
@@ -303,7 +325,8 @@ impl Calibration {
     /// The per-input-channel scale for `w` with inputs `x: [tokens, w.cols]`. A candidate `s`
     /// is judged by the block output it gives against the f32 one: `rows(xs / s, Q(w·diag(s)))`
     /// on the loss rows `xs` when `rows` is given, else `whole(s, Q(w·diag(s)))` (a block that
-    /// needs every token, e.g. attention).
+    /// needs every token, e.g. attention), each output row's squared error times its token's
+    /// `token_weight`.
     fn search(
         &self,
         x: &[f32],
@@ -311,6 +334,7 @@ impl Calibration {
         format: WeightFormat,
         rows: Option<&Block<'_>>,
         whole: &Block<'_>,
+        token_weight: &[f32],
     ) -> Vec<f32> {
         let (n, k) = (w.rows, w.cols);
         let MatrixData::F32(wv) = &w.data else { unreachable!("f32 layer") };
@@ -319,7 +343,8 @@ impl Calibration {
             mean.iter_mut().zip(row).for_each(|(m, v)| *m += v.abs());
         }
         mean.iter_mut().for_each(|m| *m /= self.tokens as f32);
-        let xs: Vec<f32> = self.loss_rows().iter().flat_map(|&r| x[r * k..][..k].iter().copied()).collect();
+        let loss = self.loss_rows();
+        let xs: Vec<f32> = loss.iter().flat_map(|&r| x[r * k..][..k].iter().copied()).collect();
         let block = |s: &[f32], q: Matrix| match rows {
             Some(f) => {
                 let xq: Vec<f32> =
@@ -329,6 +354,12 @@ impl Calibration {
             None => whole(s, q),
         };
         let want = block(&vec![1.0; k], w.clone());
+        // the weight of each output row: its token's, for the loss rows or for every token
+        let row_weight: Vec<f64> = match rows {
+            Some(_) => loss.iter().map(|&r| token_weight[r] as f64).collect(),
+            None => token_weight.iter().map(|&w| w as f64).collect(),
+        };
+        let width = want.len() / row_weight.len();
         let (mut best, mut best_err) = (vec![1f32; k], f64::INFINITY);
         // AutoAWQ's "duo scaling": each input channel's mean weight magnitude, each weight taken
         // relative to its (row, group)'s largest, divides the scale with exponent `1 − α`
@@ -363,7 +394,12 @@ impl Calibration {
             let scaled: Vec<f32> =
                 wv.chunks_exact(k).flat_map(|row| row.iter().zip(&s).map(|(w, s)| w * s)).collect();
             let got = block(&s, Matrix::from_f32(n, k, scaled).converted(format));
-            let err: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let err: f64 = got
+                .chunks_exact(width)
+                .zip(want.chunks_exact(width))
+                .zip(&row_weight)
+                .map(|((a, b), w)| w * a.iter().zip(b).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>())
+                .sum();
             if err < best_err {
                 (best, best_err) = (s, err);
             }
@@ -380,6 +416,20 @@ struct Pass {
     x: Vec<f32>,       // [tokens, hidden] residual stream after the layer
     attn: Vec<f32>,    // [tokens, q_dim] attention output
     kv_amax: [f32; 2], // largest |K| (after RoPE) and |V|
+}
+
+/// `1 / mean(x²)` of each `[_, hidden]` row (0 for a zero row).
+fn inv_ms(x: &[f32], hidden: usize) -> Vec<f32> {
+    x.chunks_exact(hidden)
+        .map(|r| {
+            let ms = r.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            if ms > 0.0 {
+                1.0 / ms
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// An f32 matrix rounded to int4 by GPTQ against inputs `x: [tokens, cols]` (plain conversion
@@ -431,7 +481,7 @@ mod tests {
                     let plain = ld.layer_f32(i).unwrap();
                     let want = cal.run(&plain, false).x;
                     let mut scaled = plain.clone();
-                    cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 });
+                    cal.fold_scales(&mut scaled, WeightFormat::Int4 { group: 64 }, &want);
                     changed += (scaled.attn_norm != plain.attn_norm) as usize
                         + (scaled.ffn_norm != plain.ffn_norm) as usize;
                     let got = cal.run(&scaled, false).x;
@@ -448,15 +498,22 @@ mod tests {
         }
     }
 
-    /// The layer-by-layer calibration pass (several sequences, f32, no scales) ends in the
-    /// hidden states the whole model computes for each sequence on its own.
+    /// The layer-by-layer calibration pass (several sequences, no scales) ends in the hidden
+    /// states the whole f32 model computes for each sequence on its own — also when the layers
+    /// it hands out are int4: it carries the full-precision activations.
     #[test]
     fn calibration_pass_matches_the_models_forward() {
-        for fixture in ["tiny-qwen2", "tiny-gemma3"] {
+        for (fixture, format) in [
+            ("tiny-qwen2", WeightFormat::F32),
+            ("tiny-gemma3", WeightFormat::F32),
+            ("tiny-qwen2", WeightFormat::Int4 { group: 64 }),
+        ] {
             let opts = AwqOptions { awq: false, max_tokens: 100, seq_len: 40, ..AwqOptions::default() };
             calibrate(fixture, &opts, |src, ld, mut cal| {
                 for i in 0..src.config.num_hidden_layers {
-                    cal.layer(ld, i, WeightFormat::F32, false).unwrap();
+                    let layer = cal.layer(ld, i, format, false).unwrap();
+                    let int4 = matches!(layer.w_down.data, MatrixData::Int4 { .. });
+                    assert_eq!(int4, format != WeightFormat::F32, "{fixture}: layer {i} not in {format}");
                 }
                 let model =
                     Model::load(src.weights.as_ref(), src.config.clone(), LoadOptions::default()).unwrap();
