@@ -22,7 +22,8 @@
 // them in split order, so the result does not depend on which split ends last.
 // The next kernel (the output projection) is released only when this grid ends (no
 // `pdl_trigger`): launched early, its blocks streamed the projection's weights in beside these
-// latency-bound blocks and slowed them (Llama-3.2-1B decode +4% without: NOTES.md "at2").
+// latency-bound blocks and slowed them (Llama-3.2-1B f16 decode +2-4% without; int4, whose
+// output projection is a quarter of the bytes, -2% in one run: NOTES.md "at2").
 // The copies of the first chunk's rows that earlier steps wrote are issued before waiting for the
 // previous kernel (they read nothing it writes: a sequence's tokens of this step, at most
 // n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it.
