@@ -1,4 +1,4 @@
-//! `run`, `chat`, `tokenize`, `inspect` and `eval ppl` from the command line, on the tiny HF
+//! `run`, `chat`, `tokenize`, `inspect`, `eval ppl` and `eval kl` from the command line, on the tiny HF
 //! fixtures (fast, no download).
 
 use std::io::Write;
@@ -105,4 +105,31 @@ fn eval_ppl_prints_a_perplexity() {
     // a random 512-token model: near-uniform, so close to the vocabulary size
     assert!(ppl > 1.0 && ppl < 2000.0, "{ppl}");
     assert!(v["predicted_tokens"].as_u64().unwrap() > 50);
+}
+
+#[test]
+fn eval_kl_is_zero_against_itself_and_small_against_f16() {
+    let model = fixture("tiny-gemma3");
+    let text = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(text.path(), "Licensed under the Apache License, Version 2.0. ".repeat(8)).unwrap();
+    let kl = |extra: &[&str]| {
+        let (m, t) = (model.to_str().unwrap(), text.path().to_str().unwrap());
+        let args =
+            [&["eval", "kl", m, "--reference", m, "--text", t, "--ctx", "40", "--json"], extra].concat();
+        let out = edgellm(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (serde_json::from_str::<serde_json::Value>(&ok_stdout(&out)).unwrap(), stderr)
+    };
+    let (same, stderr) = kl(&[]);
+    assert_eq!((same["kl_mean"].as_f64(), same["kl_max"].as_f64()), (Some(0.0), Some(0.0)), "{same}");
+    assert_eq!(same["same_top1"].as_f64(), Some(1.0));
+    assert_eq!(same["ppl_model"], same["ppl_reference"]);
+    let windows = same["windows"].as_u64().unwrap();
+    assert!(windows >= 2 && stderr.contains(&format!("window {windows}/{windows}")), "{stderr}");
+
+    let (f16, _) = kl(&["--dtype", "f16", "--reference-dtype", "f32"]);
+    let mean = f16["kl_mean"].as_f64().unwrap();
+    assert!(mean > 0.0 && f16["kl_max"].as_f64().unwrap() < 0.01, "{f16}");
+    assert_eq!(f16["ppl_reference"], same["ppl_reference"]);
+    assert_ne!(f16["ppl_model"], same["ppl_model"]);
 }

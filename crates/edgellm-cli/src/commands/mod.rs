@@ -73,6 +73,9 @@ pub fn run(args: Args) -> Result<()> {
         Command::Infer(a) => infer::run(&a, &ctx.resolve_model(a.model.as_deref())?),
         Command::Eval(a) => match &a.what {
             eval::EvalCommand::Ppl(p) => eval::ppl(p, &ctx.resolve_model(p.model.as_deref())?),
+            eval::EvalCommand::Kl(k) => {
+                eval::kl(k, &ctx.resolve_model(Some(&k.model))?, &ctx.resolve_model(Some(&k.reference))?)
+            }
         },
         Command::Tokenize(a) => tokenize::run(&a, &ctx.resolve_model(Some(&a.model))?),
         Command::Inspect(a) => inspect::run(&a),

@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 pub use config::{EngineConfig, KvDtype};
-pub use eval::Perplexity;
+pub use eval::{kl_divergence, KlDivergence, Perplexity};
 pub use load::OpenedSource;
 pub use prefix::PrefixHit;
 pub use sequence::{Completion, Event, Prompt, Sequence, Timings, TokenEvent, Usage};
