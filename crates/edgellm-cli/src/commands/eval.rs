@@ -78,14 +78,17 @@ pub struct ScoredText {
 }
 
 impl ScoredText {
-    /// The text's tokens as `tokenizer` encodes them, to be scored in windows of the returned
+    /// The text file's contents.
+    fn read(&self) -> Result<String> {
+        std::fs::read_to_string(&self.text).with_context(|| format!("reading {}", self.text.display()))
+    }
+
+    /// `text`'s tokens as `tokenizer` encodes them, to be scored in windows of the returned
     /// length (the whole text, up to `max_context`); with BOS (`--bos` or the model's default) at
     /// the start of every window, as the model saw text in training.
-    fn tokens(&self, tokenizer: &Tokenizer, max_context: usize) -> Result<(Vec<u32>, usize)> {
-        let text = std::fs::read_to_string(&self.text)
-            .with_context(|| format!("reading {}", self.text.display()))?;
+    fn tokens(&self, text: &str, tokenizer: &Tokenizer, max_context: usize) -> Result<(Vec<u32>, usize)> {
         let add_bos = self.bos || tokenizer.adds_bos();
-        let mut tokens = tokenizer.encode(&text, false)?;
+        let mut tokens = tokenizer.encode(text, false)?;
         let ctx = (tokens.len() + add_bos as usize).min(max_context);
         if add_bos {
             let bos = tokenizer.bos_id().context("--bos: the model has no BOS token")?;
@@ -100,8 +103,9 @@ impl ScoredText {
 /// Runs `eval ppl` on the resolved model path.
 pub fn ppl(args: &PplArgs, model: &Path) -> Result<()> {
     let args = &args.scored;
+    let text = args.read()?; // before the model loads: a wrong path fails at once
     let mut engine = args.engine.load(model, 1)?;
-    let (tokens, ctx) = args.tokens(engine.tokenizer(), engine.config().max_context())?;
+    let (tokens, ctx) = args.tokens(&text, engine.tokenizer(), engine.config().max_context())?;
     let started = std::time::Instant::now();
     let r = engine.perplexity(&tokens, ctx)?;
     let secs = started.elapsed().as_secs_f64();
@@ -131,12 +135,13 @@ pub fn kl(args: &KlArgs, model: &Path, reference: &Path) -> Result<()> {
     let (scored, engine_args) = (&args.scored, &args.scored.engine);
     let ref_engine_args =
         EngineArgs { dtype: args.reference_dtype.unwrap_or(engine_args.dtype), ..engine_args.clone() };
+    let text = scored.read()?; // before the models load: a wrong path fails at once
     let mut ref_engine = ref_engine_args.load(reference, 1)?;
     let mut engine = engine_args.load(model, 1)?;
     let max_context = ref_engine.config().max_context().min(engine.config().max_context());
-    let (tokens, ctx) = scored.tokens(ref_engine.tokenizer(), max_context)?;
+    let (tokens, ctx) = scored.tokens(&text, ref_engine.tokenizer(), max_context)?;
     // the same vocabulary size with another tokenizer would compare unrelated distributions
-    if scored.tokens(engine.tokenizer(), max_context)?.0 != tokens {
+    if scored.tokens(&text, engine.tokenizer(), max_context)?.0 != tokens {
         bail!(
             "{} and the reference {} tokenize the text differently; KL divergence needs one tokenizer",
             model.display(),

@@ -4,6 +4,7 @@
 //! position by position, as llama.cpp's `llama-perplexity --kl-divergence` measures it).
 
 use super::Engine;
+use crate::sampling::logits::argmax;
 use crate::{Error, Result};
 
 /// The result of [`Engine::perplexity`].
@@ -161,14 +162,15 @@ impl KlAccumulator {
 
 /// `log softmax(row)`, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let log_sum = log_sum_exp(row);
     row.iter().map(|&v| v as f64 - log_sum).collect()
 }
 
-/// Index of the largest value (the first of equals).
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+/// `ln Σ exp(row)` in f64 (max subtracted); the sampler's `logits::log_sum_exp` is its f32 twin,
+/// too coarse for nats summed over a text.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
 /// The `q` quantile of ascending `sorted` (not empty), interpolating linearly between ranks.
@@ -180,9 +182,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// `-log softmax(row)[target]`, in f64.
 fn neg_log_prob(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    max + sum.ln() - row[target as usize] as f64
+    log_sum_exp(row) - row[target as usize] as f64
 }
 
 #[cfg(test)]
