@@ -137,22 +137,30 @@ impl Calibration {
     /// folded, weights not rounded), or as quantized with `opts.gptq`.
     pub fn layer(&mut self, ld: &Loader, i: usize, format: WeightFormat, kv_scales: bool) -> Result<Layer> {
         let mut layer = ld.layer_f32(i)?;
+        let gptq_group = match format {
+            WeightFormat::Int4 { group } if self.opts.gptq => Some(group),
+            _ => None,
+        };
         // the full-precision pass (AWQ's scales leave it unchanged): the residual stream AWQ
-        // weighs errors against and, but with GPTQ, the next layer's inputs and the KV ranges
-        let full = self.run(&layer, false);
-        if self.opts.awq {
+        // weighs errors against and, without GPTQ, the next layer's inputs and the KV ranges
+        let full = (self.opts.awq || gptq_group.is_none()).then(|| self.run(&layer, false));
+        if let (true, Some(full)) = (self.opts.awq, &full) {
             self.fold_scales(&mut layer, format, &full.x);
         }
         // AWQ and the KV scales calibrate on the full-precision model's activations (llm-awq's
         // choice; on the quantized model's, AWQ measured worse on every text, BENCHMARKS.md);
         // GPTQ on the quantized model's, so that it compensates the errors before it
-        let (mut layer, pass) = match format {
-            WeightFormat::Int4 { group } if self.opts.gptq => {
+        let (mut layer, pass) = match gptq_group {
+            Some(group) => {
                 let layer = self.gptq_layer(layer, group);
                 let pass = self.run(&layer, false);
                 (layer, pass)
             }
-            _ => (layer.converted(format), full),
+            // (`full` is always there without GPTQ; the scaled f32 layer computes the same)
+            None => {
+                let pass = full.unwrap_or_else(|| self.run(&layer, false));
+                (layer.converted(format), pass)
+            }
         };
         self.x = pass.x;
         if kv_scales {
