@@ -12,7 +12,9 @@ mod common;
 
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
-use edgellm::backend::cuda::harness::{attention_shared_bytes, Arg, Epilogue, Fusion, GemvKernel, Kernels};
+use edgellm::backend::cuda::harness::{
+    attention_shared_bytes, Arg, Epilogue, Fusion, GemvKernel, Kernels, ATTENTION_THREADS,
+};
 use edgellm::backend::cuda::CudaOptions;
 use edgellm::kv::{KvShape, LayerKv, LayerView};
 use edgellm::quant::{fp8, WeightFormat};
@@ -497,7 +499,7 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         };
         let shmem = attention_shared_bytes(hd, c.fp8.is_some());
         // SAFETY: the arguments follow attention.cu's signature; buffers hold the shapes above.
-        unsafe { k.launch(&attn, ((n * n_heads) as u32, splits), 256, shmem, &args).unwrap() };
+        unsafe { k.launch(&attn, ((n * n_heads) as u32, splits), ATTENTION_THREADS, shmem, &args).unwrap() };
         let offsets: Vec<u32> = vec![0, max_blocks as u32, 2 * max_blocks as u32];
         let table_data: Vec<u32> = tables.iter().map(|&b| b as u32).collect();
         let useq: Vec<u32> = token_seq.iter().map(|&s| s as u32).collect();

@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use super::gpu::{CudaOptions, DevBuf, Gpu};
 use super::qweights::GpuMatrix;
 
-pub use super::model::{attention_shared_bytes, Epilogue, Fusion, GemvKernel};
+pub use super::model::{attention_shared_bytes, Epilogue, Fusion, GemvKernel, ATTENTION_THREADS};
 use crate::backend::cpu::Matrix;
 use crate::Result;
 

@@ -30,12 +30,15 @@ const FUSED_NORM_MAX: usize = 4 * 8 * 128;
 /// Most split-K partitions of decode attention.
 const MAX_SPLITS: usize = 16;
 
-/// Dynamic shared memory of the split-K attention kernel (kernels/attention.cu, 256 threads):
-/// the query, the scores, the accumulator reduction and a chunk's key and value rows (256 / TP
+/// Threads per block of the split-K attention kernel (kernels/attention.cu).
+pub const ATTENTION_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the split-K attention kernel at [`ATTENTION_THREADS`]: the query,
+/// the scores, the accumulator reduction and a chunk's key and value rows (threads / TP
 /// positions of `head_dim` elements padded by 16 * TP bytes, TP = 1, 2, 4 threads per position
 /// up to 64, 128, 256 dims).
 pub fn attention_shared_bytes(head_dim: usize, kv_fp8: bool) -> u32 {
-    let threads = 256;
+    let threads = ATTENTION_THREADS as usize;
     let tp = match head_dim {
         0..=64 => 1,
         65..=128 => 2,
@@ -670,12 +673,12 @@ impl CudaModel {
             } else if self.kv_fp8 {
                 // fp8 codes decode as value / 256 (kernels/fp8.cuh)
                 let (k_mul, v_mul) = (k_scale * 256.0, v_scale * 256.0);
-                launch!(g, format!("attention_fp8kv_{dt}"), grid, 256, shmem;
+                launch!(g, format!("attention_fp8kv_{dt}"), grid, ATTENTION_THREADS, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
                     c.attn_scale(), window, cap, k_mul, v_mul)?;
             } else {
-                launch!(g, format!("attention_{dt}"), grid, 256, shmem;
+                launch!(g, format!("attention_{dt}"), grid, ATTENTION_THREADS, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
                     c.attn_scale(), window, cap)?;
