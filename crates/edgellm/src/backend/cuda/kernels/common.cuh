@@ -94,6 +94,18 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// A decode GEMV's 16 bytes of weights: read once per step, so not allocated in L1, where they
+// evicted the activations every warp of an SM re-reads (the down projection's 16 KB input came
+// from L2 once per warp): Llama-3.2-1B f16 and int4 decode +3.9%, Qwen2.5-0.5B f16 +2.3%
+// (NOTES.md "hint"; an L2 evict-first policy on top gained nothing).
+__device__ __forceinline__ uint4 ld_weight(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
 // The decode GEMVs' weight loads (gemv_rows.cu, quant.cu): this lane's U 16-byte vectors
 // base + 32u + lane (u < U) below n_vec of row `wr`, and of the up row `wu` when GATED, into wv
 // and uv, all issued before any is used.
@@ -104,8 +116,8 @@ __device__ __forceinline__ void load_row_vectors(const uint4* wr, const uint4* w
     for (int u = 0; u < U; u++) {
         int k = base + u * 32 + lane;
         if (k < n_vec) {
-            wv[u] = __ldg(wr + k);
-            if (GATED) uv[u] = __ldg(wu + k);
+            wv[u] = ld_weight(wr + k);
+            if (GATED) uv[u] = ld_weight(wu + k);
         }
     }
 }
