@@ -129,6 +129,11 @@ pub struct CudaModel {
     fuse_norms: bool,
     // the decode GEMV family, fixed at load for every batch size (see `GemvKernel`)
     gemv_kernel: GemvKernel,
+    // decode attention releases the output projection at its start (`pdl_trigger` after its
+    // wait) instead of at its end: where that projection is quantized (a quarter to half of the
+    // 16-bit bytes beside the latency-bound attention blocks; attention.cu);
+    // `EDGELLM_CUDA_ATTN_RELEASE=early|late` overrides it, to measure it
+    attention_release_early: Option<bool>,
     staging: Vec<u32>, // host image of `Arena::inputs`
     host_ids: Vec<u32>,
 }
@@ -460,6 +465,11 @@ impl CudaModel {
             flash_prefill: std::env::var("EDGELLM_CUDA_FLASH").map_or(true, |v| v != "0"),
             fuse_norms,
             gemv_kernel,
+            attention_release_early: match std::env::var("EDGELLM_CUDA_ATTN_RELEASE").as_deref() {
+                Ok("early") => Some(true),
+                Ok("late") => Some(false),
+                _ => None,
+            },
             staging: vec![0; 3 * t + r + sample_words + limits.max_seqs * max_blocks],
             host_ids: vec![0; r],
             gpu,
@@ -654,34 +664,40 @@ impl CudaModel {
             } else {
                 1
             };
-            // prompts on tensor cores where the head size has a kernel, the cache is fp16 and the
+            // prompts on tensor cores where the head size has a kernel (fp16 or fp8 cache) and the
             // tokens are not mostly single decode rows of many sequences (a block makes a pass per
             // sequence)
             let flash = self.flash_prefill
-                && !self.kv_fp8
                 && n > MAX_GEMV_TOKENS
                 && matches!(c.head_dim, 64 | 128)
                 && n >= 16 * n_seqs;
             let shmem = attention_shared_bytes(c.head_dim, self.kv_fp8);
             let grid = (nu * n_heads as u32, splits as u32);
-            if flash {
+            let release_early = self.attention_release_early.unwrap_or(!l.wo.is_native(dt)) as i32;
+            // fp8 codes decode as value / 256 (kernels/fp8.cuh)
+            let (k_mul, v_mul) = (k_scale * 256.0, v_scale * 256.0);
+            if flash && self.kv_fp8 {
+                let tiles = n.div_ceil(PREFILL_TILE) as u32;
+                launch!(g, format!("attention_prefill_fp8kv_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
+                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
+                    self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
+                    c.attn_scale(), window, cap, k_mul, v_mul)?;
+            } else if flash {
                 let tiles = n.div_ceil(PREFILL_TILE) as u32;
                 launch!(g, format!("attention_prefill_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
                     c.attn_scale(), window, cap)?;
             } else if self.kv_fp8 {
-                // fp8 codes decode as value / 256 (kernels/fp8.cuh)
-                let (k_mul, v_mul) = (k_scale * 256.0, v_scale * 256.0);
                 launch!(g, format!("attention_fp8kv_{dt}"), grid, ATTENTION_THREADS, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
-                    c.attn_scale(), window, cap, k_mul, v_mul)?;
+                    c.attn_scale(), window, cap, k_mul, v_mul, release_early)?;
             } else {
                 launch!(g, format!("attention_{dt}"), grid, ATTENTION_THREADS, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
-                    c.attn_scale(), window, cap)?;
+                    c.attn_scale(), window, cap, release_early)?;
             }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
             self.project(a.attn.ptr(), n, &l.wo, residual, add)?;

@@ -20,10 +20,11 @@
 // output (n_splits == 1) or its (max, sum, unnormalised accumulator) to `part`; the last split of
 // a (token, head) to finish (counted in `done`, which it resets to 0 for the next step) reduces
 // them in split order, so the result does not depend on which split ends last.
-// The next kernel (the output projection) is released only when this grid ends (no
-// `pdl_trigger`): launched early, its blocks streamed the projection's weights in beside these
-// latency-bound blocks and slowed them (Llama-3.2-1B f16 decode +2-4% without; int4, whose
-// output projection is a quarter of the bytes, -2% in one run: NOTES.md "at2").
+// The next kernel (the output projection) is released when this grid ends, or with
+// `release_early` right after the wait: launched early, a 16-bit projection's blocks streamed
+// its weights in beside these latency-bound blocks and slowed them (Llama-3.2-1B f16 decode
+// +2-4% when released late); a quantized one, a quarter to half the bytes, lost more from its
+// later start (int4 -2% late: NOTES.md "at2"), so the host releases early before quantized ones.
 // The copies of the first chunk's rows that earlier steps wrote are issued before waiting for the
 // previous kernel (they read nothing it writes: a sequence's tokens of this step, at most
 // n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it.
@@ -48,7 +49,7 @@ template <class W, class KV>
 __device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
                                const int* positions, const int* token_seq, const int* tables, int max_blocks, u16* out,
                                float* part, int* done, int n_heads, int n_kv_heads, int head_dim, int block_size,
-                               float scale, int window, float cap, float k_mul, float v_mul) {
+                               float scale, int window, float cap, float k_mul, float v_mul, int release_early) {
     typedef typename KV::T T;
     extern __shared__ __align__(16) float sh[];
     int tp = attn_threads_per_position(head_dim), C = blockDim.x / tp;
@@ -86,6 +87,7 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     int written = pos + 1 - n_tokens;  // rows below were written by earlier steps
     stage(start, start, min(end, written));
     pdl_wait();
+    if (release_early) pdl_trigger();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[((size_t)t * n_heads + h) * head_dim + d];
 
     // scores: thread (jr, part) sums the part-th of every tp-th 8-dim vector of position c + jr
@@ -190,17 +192,19 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
                                                 const int* positions, const int* token_seq, const int* tables,  \
                                                 int max_blocks, u16* out, float* part, int* done, int n_heads,  \
                                                 int n_kv_heads, int head_dim, int block_size, float scale,      \
-                                                int window, float cap) {                                        \
+                                                int window, float cap, int release_early) {                     \
         attention_impl<W, KvF16>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
-                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, 1.f, 1.f);      \
+                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, 1.f, 1.f,       \
+                                 release_early);                                                               \
     }                                                                                                          \
     extern "C" __global__ void attention_fp8kv_##NAME(                                                         \
         const float* q, const unsigned char* k_cache, const unsigned char* v_cache, const int* positions,      \
         const int* token_seq, const int* tables, int max_blocks, u16* out, float* part, int* done, int n_heads, \
         int n_kv_heads, int head_dim, int block_size, float scale, int window, float cap, float k_mul,         \
-        float v_mul) {                                                                                         \
+        float v_mul, int release_early) {                                                                      \
         attention_impl<W, KvFp8>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
-                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, k_mul, v_mul);  \
+                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, k_mul, v_mul,   \
+                                 release_early);                                                               \
     }
 
 ATTN_KERNELS(f16, F16)
@@ -209,22 +213,26 @@ ATTN_KERNELS(bf16, BF16)
 // Prefill attention on tensor cores, flash-attention style, with the masks of `attention_impl`
 // (causal, sliding window, score soft cap, GQA) over the same paged cache. A block takes 64
 // consecutive tokens of the step and one query head; warp w owns tokens 16w..16w+15 as the rows
-// of mma m16n8k16 tiles (q in fp16 as A, keys as B: S = q k^T, 64 positions per tile, fp32), keeps
+// of mma m16n8k16 tiles (q as A in two fp16 parts, keys as B: S = q k^T, 64 positions per tile, fp32), keeps
 // an online softmax per row in registers and adds P v (P in fp16, values staged transposed in
 // shared memory) into an fp32 [16, HD] accumulator. Tokens of several sequences may share a
 // block (batched prefill, decode rows after a prompt): the block makes one pass over the
 // positions of each sequence among its rows, rows of the others masked; warps with no row
 // inside a tile's positions skip its products (the causal triangle).
-// q: fp32 [n_tokens, n_heads * HD]; out: activations [n_tokens, n_heads * HD].
+// q: fp32 [n_tokens, n_heads * HD]; out: activations [n_tokens, n_heads * HD]. An fp8 cache
+// (`attention_prefill_fp8kv_*`) is staged as fp16 in its own units (value / 256, exact), k_mul
+// joining the score scale and v_mul the output's normalisation (without it, fp8-cache prompts
+// took `attention_impl`: 8x the time to first token at 3,584 positions, NOTES.md "hint").
 // Launch: grid (ceil(n_tokens / 64), n_heads), 128 threads, HD = head_dim in {64, 128} (other
 // head sizes take `attention_impl`). Tried first (v1-v7): `attention_impl` for prefill, a block per
 // (token, head) reading every key and value row of its context: 423 us per Llama-3.2-1B layer at
 // 512 tokens under ncu, ~70% of the prompt's time.
-template <class W, int HD>
-__device__ void attention_prefill_impl(const float* q, const u16* k_cache, const u16* v_cache, const int* positions,
-                                       const int* token_seq, const int* tables, int max_blocks, u16* out,
-                                       int n_tokens, int n_heads, int n_kv_heads, int block_size, float scale,
-                                       int window, float cap) {
+template <class W, int HD, class KV>
+__device__ void attention_prefill_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
+                                       const int* positions, const int* token_seq, const int* tables, int max_blocks,
+                                       u16* out, int n_tokens, int n_heads, int n_kv_heads, int block_size,
+                                       float scale, int window, float cap, float k_mul, float v_mul) {
+    scale *= k_mul;  // keys are staged in the cache's units (fp8: value / 256)
     constexpr int BQ = 64, BK = 64, KP = HD + 8, VP = BK + 8;  // rows padded: no bank conflicts on B loads
     __shared__ __align__(16) u16 ks[BK * KP];                  // keys [position][dim]
     __shared__ __align__(16) u16 vt[HD * VP];                  // values transposed [dim][position]
@@ -243,7 +251,9 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
     }
     // this lane's two rows: ra = 16 * warp + g and rb = ra + 8 (A fragment rows g and g + 8)
     int ra = warp * 16 + g, rb = ra + 8;
-    unsigned qf[HD / 16][4];
+    // q as two fp16 A operands, q = hi + lo: the scores keep ~22 bits of q (with q in one fp16,
+    // an fp8 cache's engine parity fell from 250 to 242 of 256 greedy tokens: NOTES.md "fp8pf")
+    unsigned qf[HD / 16][4], ql[HD / 16][4];
     {
         bool oka = t0 + ra < n_tokens, okb = t0 + rb < n_tokens;
         const float* qa = q + ((size_t)(t0 + ra) * n_heads + h) * HD;
@@ -254,10 +264,13 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
             int d = kc * 16 + 2 * qd;
             float2 a0 = oka ? *(const float2*)(qa + d) : z2, a1 = oka ? *(const float2*)(qa + d + 8) : z2;
             float2 b0 = okb ? *(const float2*)(qb + d) : z2, b1 = okb ? *(const float2*)(qb + d + 8) : z2;
-            qf[kc][0] = pack2<F16>(a0.x, a0.y);
-            qf[kc][1] = pack2<F16>(b0.x, b0.y);
-            qf[kc][2] = pack2<F16>(a1.x, a1.y);
-            qf[kc][3] = pack2<F16>(b1.x, b1.y);
+            float2 v[4] = {a0, b0, a1, b1};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                qf[kc][e] = pack2<F16>(v[e].x, v[e].y);
+                ql[kc][e] = pack2<F16>(v[e].x - F16::to_f((u16)(qf[kc][e] & 0xffff)),
+                                       v[e].y - F16::to_f((u16)(qf[kc][e] >> 16)));
+            }
         }
     }
     float o[HD / 8][4];
@@ -296,8 +309,8 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
                 if (p < hi) {
                     int blk = table[p / block_size];
                     size_t off = (((size_t)blk * n_kv_heads + kvh) * block_size + p % block_size) * HD + dv * 8;
-                    kv = *(const uint4*)(k_cache + off);
-                    vv = *(const uint4*)(v_cache + off);
+                    kv = KV::f16x8(k_cache + off);
+                    vv = KV::f16x8(v_cache + off);
                 }
                 *(uint4*)(ks + j * KP + dv * 8) = kv;
                 unsigned vw[4] = {vv.x, vv.y, vv.z, vv.w};
@@ -318,9 +331,11 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
                     s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
                     const u16* kr = ks + (n * 8 + g) * KP + 2 * qd;
 #pragma unroll
-                    for (int kc = 0; kc < HD / 16; kc++)
-                        mma16816<F16>(s[n], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3],
-                                      *(const unsigned*)(kr + kc * 16), *(const unsigned*)(kr + kc * 16 + 8));
+                    for (int kc = 0; kc < HD / 16; kc++) {
+                        unsigned k0 = *(const unsigned*)(kr + kc * 16), k1 = *(const unsigned*)(kr + kc * 16 + 8);
+                        mma16816<F16>(s[n], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], k0, k1);
+                        mma16816<F16>(s[n], ql[kc][0], ql[kc][1], ql[kc][2], ql[kc][3], k0, k1);
+                    }
                 }
                 // s[n][e]: row e < 2 ? ra : rb, position c + 8n + 2qd + (e & 1)
                 float mx[2] = {m[0], m[1]};
@@ -386,7 +401,7 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
     for (int rr = 0; rr < 2; rr++) {
         int t = t0 + (rr ? rb : ra);
         if (t >= n_tokens) continue;
-        float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+        float inv = l[rr] > 0.f ? v_mul / l[rr] : 0.f;  // values too are in the cache's units
         u16* orow = out + ((size_t)t * n_heads + h) * HD;
 #pragma unroll
         for (int n = 0; n < HD / 8; n++) {
@@ -402,8 +417,17 @@ __device__ void attention_prefill_impl(const float* q, const u16* k_cache, const
         const float* q, const u16* k_cache, const u16* v_cache, const int* positions, const int* token_seq,    \
         const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads, int n_kv_heads,                \
         int block_size, float scale, int window, float cap) {                                                  \
-        attention_prefill_impl<W, HD>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out,      \
-                                      n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap);          \
+        attention_prefill_impl<W, HD, KvF16>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, \
+                                             n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap, 1.f, \
+                                             1.f);                                                             \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_prefill_fp8kv_##NAME##_hd##HD(                 \
+        const float* q, const unsigned char* k_cache, const unsigned char* v_cache, const int* positions,      \
+        const int* token_seq, const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads,          \
+        int n_kv_heads, int block_size, float scale, int window, float cap, float k_mul, float v_mul) {        \
+        attention_prefill_impl<W, HD, KvFp8>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, \
+                                             n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap,    \
+                                             k_mul, v_mul);                                                    \
     }
 
 ATTN_PREFILL_KERNEL(f16, F16, 64)

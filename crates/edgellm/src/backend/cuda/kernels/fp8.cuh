@@ -6,9 +6,15 @@
 // Encoding is in software on every arch (sm_87 has no fp8 conversion instruction), so a cache
 // written on Orin and on Hopper holds the same codes as the CPU's `fp8::encode`.
 
-// Two E4M3 codes in the high byte of each 16-bit lane of `lanes` to floats (value / 256).
+// Two E4M3 codes in the high byte of each 16-bit lane of `lanes` to two fp16 (value / 256), in
+// the same lanes.
+__device__ __forceinline__ unsigned fp8x2_to_f16x2(unsigned lanes) {
+    return ((lanes >> 1) & 0x3F803F80u) | (lanes & 0x80008000u);
+}
+
+// The same as floats.
 __device__ __forceinline__ void fp8x2_to_f(unsigned lanes, float* w) {
-    unsigned h = ((lanes >> 1) & 0x3F803F80u) | (lanes & 0x80008000u);
+    unsigned h = fp8x2_to_f16x2(lanes);
     w[0] = F16::to_f((u16)(h & 0xffff));
     w[1] = F16::to_f((u16)(h >> 16));
 }
@@ -38,11 +44,14 @@ __device__ __forceinline__ unsigned char fp8_encode(float x) {
 
 // KV cache elements. `load8` reads 8 consecutive elements (16- or 8-byte load) as floats in
 // units of `unit` (fp16: the value; fp8: value / 256, the 256 and the per-tensor scale joining
-// the caller's multipliers); `store` writes value / scale; `stage8` copies 8 elements from the
-// cache into shared memory asynchronously (common.cuh `cp_async`).
+// the caller's multipliers); `f16x8` reads them as 8 fp16 in the same units (exact: every E4M3
+// value / 256 is an fp16), the tensor-core operands of the prefill attention; `store` writes
+// value / scale; `stage8` copies 8 elements from the cache into shared memory asynchronously
+// (common.cuh `cp_async`).
 struct KvF16 {
     typedef u16 T;
     static __device__ __forceinline__ void load8(const T* p, float* f) { unpack8<F16>(*(const uint4*)p, f); }
+    static __device__ __forceinline__ uint4 f16x8(const T* p) { return *(const uint4*)p; }
     static __device__ __forceinline__ void stage8(T* shared, const T* global) { cp_async<16>(shared, global); }
     static __device__ __forceinline__ void store(T* p, float v, float) { *p = F16::from_f(v); }
 };
@@ -53,6 +62,11 @@ struct KvFp8 {
         uint2 raw = *(const uint2*)p;
         fp8x4_to_f(raw.x, f);
         fp8x4_to_f(raw.y, f + 4);
+    }
+    static __device__ __forceinline__ uint4 f16x8(const T* p) {
+        uint2 raw = *(const uint2*)p;
+        return make_uint4(fp8x2_to_f16x2(__byte_perm(raw.x, 0, 0x1404)), fp8x2_to_f16x2(__byte_perm(raw.x, 0, 0x3424)),
+                          fp8x2_to_f16x2(__byte_perm(raw.y, 0, 0x1404)), fp8x2_to_f16x2(__byte_perm(raw.y, 0, 0x3424)));
     }
     static __device__ __forceinline__ void store(T* p, float v, float scale) { *p = fp8_encode(v / scale); }
     static __device__ __forceinline__ void stage8(T* shared, const T* global) { cp_async<8>(shared, global); }
