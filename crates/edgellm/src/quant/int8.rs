@@ -7,7 +7,7 @@
 //! Each row's scale is the one that minimises the row's squared rounding error, searched over
 //! `f · max_c |w[r, c]| / 127` for clip factors `f` in `[CLIP_MIN, 1]` and refitted by least
 //! squares for the codes it gives ([`row_scale`]). Rounding to `max / 127` alone cost
-//! Qwen2.5-Coder-0.5B +1.57 % perplexity on the golden text, the search +0.16 %, at the same
+//! Qwen2.5-Coder-0.5B +1.57 % perplexity on the golden text, the search +0.40 %, at the same
 //! size and speed (issue 5, BENCHMARKS.md). Activations keep the plain `max / 127` scale
 //! ([`quantize_into`]): they are quantized at every step, where a search would cost time.
 
