@@ -20,8 +20,9 @@ pub struct ExportArgs {
     /// The package directory to write.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    /// Storage of the layers' weights: f32, fp16, bf16, int8 (per output channel), int4 (groups
-    /// of --group-size along the input, symmetric) or fp8 (E4M3, per output channel).
+    /// Storage of the layers' weights: f32, fp16, bf16, int8 (per output channel, each row's
+    /// scale the one of least rounding error), int4 (groups of --group-size along the input,
+    /// symmetric) or fp8 (E4M3, per output channel).
     #[arg(long, default_value = "bf16")]
     pub weights: WeightFormat,
     /// int4 group size (a multiple of 64).
