@@ -13,7 +13,7 @@ mod common;
 use edgellm::backend::cpu::attention::{paged_attention, AttnParams, TokenLayout};
 use edgellm::backend::cpu::{ops, Matrix, MatrixData};
 use edgellm::backend::cuda::harness::{
-    attention_shared_bytes, Arg, Epilogue, Fusion, GemvKernel, Kernels, ATTENTION_THREADS,
+    attention_shared_bytes, Arg, Buffer, Epilogue, Fusion, GemvKernel, Kernels, ATTENTION_THREADS,
 };
 use edgellm::backend::cuda::CudaOptions;
 use edgellm::kv::{KvShape, LayerKv, LayerView};
@@ -375,8 +375,7 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
     let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32)).collect();
     let dev = |v: &Option<Vec<f32>>| v.as_ref().map(|v| k.upload(v).unwrap());
     let (bias_d, qn_d, kn_d, freq_d) = (dev(&bias), dev(&q_norm), dev(&k_norm), k.upload(&inv_freq).unwrap());
-    let ptr =
-        |b: &Option<edgellm::backend::cuda::harness::Buffer>| Arg::Ptr(b.as_ref().map_or(0, |b| b.ptr()));
+    let ptr = |b: &Option<Buffer>| Arg::Ptr(b.as_ref().map_or(0, |b| b.ptr()));
     let tables_d = k.upload(&tables).unwrap();
     let [k_scale, v_scale] = c.fp8.unwrap_or([1.0, 1.0]);
     let dt = "f16";
@@ -472,31 +471,41 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         let part = k.poisoned(n * n_heads * splits as usize * (hd + 2) * 4).unwrap();
         let done = k.upload(&vec![0i32; n * n_heads]).unwrap();
         let attn_scale = 1.0 / (hd as f32).sqrt();
-        let mut args = vec![
-            Arg::Ptr(q_out.ptr()),
-            Arg::Ptr(kc.ptr()),
-            Arg::Ptr(vc.ptr()),
-            Arg::Ptr(pos_d.ptr()),
-            Arg::Ptr(seq_d.ptr()),
-            Arg::Ptr(tables_d.ptr()),
-            Arg::I32(max_blocks),
-            Arg::Ptr(out.ptr()),
+        // the operands the decode and the prefill kernels share: first q, the caches, where the
+        // tokens' rows are and the output; last the scores' scale, window and cap, then an fp8
+        // cache's multipliers (its kernels are named `*_fp8kv_*`)
+        let lead = |out: &Buffer| {
+            vec![
+                Arg::Ptr(q_out.ptr()),
+                Arg::Ptr(kc.ptr()),
+                Arg::Ptr(vc.ptr()),
+                Arg::Ptr(pos_d.ptr()),
+                Arg::Ptr(seq_d.ptr()),
+                Arg::Ptr(tables_d.ptr()),
+                Arg::I32(max_blocks),
+                Arg::Ptr(out.ptr()),
+            ]
+        };
+        let mut scores = vec![
+            Arg::F32(attn_scale),
+            Arg::I32(c.window.unwrap_or(0) as i32),
+            Arg::F32(c.cap.unwrap_or(0.0)),
+        ];
+        if c.fp8.is_some() {
+            scores.extend([Arg::F32(k_scale * 256.0), Arg::F32(v_scale * 256.0)]);
+        }
+        let fp8kv = if c.fp8.is_some() { "fp8kv_" } else { "" };
+        let mut args = lead(&out);
+        args.extend([
             Arg::Ptr(part.ptr()),
             Arg::Ptr(done.ptr()),
             Arg::I32(n_heads as i32),
             Arg::I32(n_kv as i32),
             Arg::I32(hd as i32),
             Arg::I32(bs as i32),
-            Arg::F32(attn_scale),
-            Arg::I32(c.window.unwrap_or(0) as i32),
-            Arg::F32(c.cap.unwrap_or(0.0)),
-        ];
-        let attn = if c.fp8.is_some() {
-            args.extend([Arg::F32(k_scale * 256.0), Arg::F32(v_scale * 256.0)]);
-            format!("attention_fp8kv_{dt}")
-        } else {
-            format!("attention_{dt}")
-        };
+        ]);
+        args.extend(&scores);
+        let attn = format!("attention_{fp8kv}{dt}");
         // the release point changes only when the next kernel may start: both must compute alike
         let release_early = splits % 2 == 0;
         args.push(Arg::I32(release_early as i32));
@@ -525,31 +534,17 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         );
         eprintln!("{attn} hd={hd} n={n} splits={splits} fp8={:?}: {err:.2e}", c.fp8);
         if splits == 1 {
-            // the prompt again on tensor cores (q and P in fp16)
+            // the prompt again on tensor cores (P in fp16, q as two fp16 parts)
             let flash_out = k.poisoned(n * n_heads * hd * 2).unwrap();
-            let mut args = vec![
-                Arg::Ptr(q_out.ptr()),
-                Arg::Ptr(kc.ptr()),
-                Arg::Ptr(vc.ptr()),
-                Arg::Ptr(pos_d.ptr()),
-                Arg::Ptr(seq_d.ptr()),
-                Arg::Ptr(tables_d.ptr()),
-                Arg::I32(max_blocks),
-                Arg::Ptr(flash_out.ptr()),
+            let mut args = lead(&flash_out);
+            args.extend([
                 Arg::I32(n as i32),
                 Arg::I32(n_heads as i32),
                 Arg::I32(n_kv as i32),
                 Arg::I32(bs as i32),
-                Arg::F32(attn_scale),
-                Arg::I32(c.window.unwrap_or(0) as i32),
-                Arg::F32(c.cap.unwrap_or(0.0)),
-            ];
-            let flash = if c.fp8.is_some() {
-                args.extend([Arg::F32(k_scale * 256.0), Arg::F32(v_scale * 256.0)]);
-                format!("attention_prefill_fp8kv_{dt}_hd{hd}")
-            } else {
-                format!("attention_prefill_{dt}_hd{hd}")
-            };
+            ]);
+            args.extend(&scores);
+            let flash = format!("attention_prefill_{fp8kv}{dt}_hd{hd}");
             // SAFETY: the arguments follow attention.cu's prefill signature; buffers as above.
             unsafe { k.launch(&flash, (n.div_ceil(64) as u32, n_heads as u32), 128, 0, &args).unwrap() };
             let got = f16_bits_to_f32(&k.download(&flash_out, n * n_heads * hd).unwrap());
@@ -560,12 +555,7 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
 }
 
 /// A layer's K or V pool read back as f32: fp16 elements, or fp8 codes times `scale`.
-fn decode_cache(
-    k: &Kernels,
-    buf: &edgellm::backend::cuda::harness::Buffer,
-    shape: &KvShape,
-    fp8_scale: Option<f32>,
-) -> Vec<f32> {
+fn decode_cache(k: &Kernels, buf: &Buffer, shape: &KvShape, fp8_scale: Option<f32>) -> Vec<f32> {
     match fp8_scale {
         None => f16_bits_to_f32(&k.download::<u16>(buf, shape.layer_len()).unwrap()),
         Some(s) => {
@@ -683,12 +673,7 @@ fn gemv_of_f16_and_bf16_models_matches_the_cpu_twin() {
 }
 
 /// Activations (`activations`) read back from a gated GEMV's output: fp16, or bf16 hi + lo.
-fn read_activations(
-    k: &Kernels,
-    dt: &str,
-    out: &edgellm::backend::cuda::harness::Buffer,
-    len: usize,
-) -> Vec<f32> {
+fn read_activations(k: &Kernels, dt: &str, out: &Buffer, len: usize) -> Vec<f32> {
     let h: Vec<u16> = k.download(out, if dt == "f16" { len } else { 2 * len }).unwrap();
     if dt == "f16" {
         return f16_bits_to_f32(&h);
