@@ -412,12 +412,10 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
             Arg::I32(bs as i32),
             Arg::F32(1e-6),
         ];
-        let rope = if c.fp8.is_some() {
-            args.extend([Arg::F32(k_scale), Arg::F32(v_scale)]);
-            format!("rope_kv_fp8_{dt}")
-        } else {
-            format!("rope_kv_{dt}")
-        };
+        // an fp8 cache's kernels are named `*_fp8kv_*`; the fp16 ones ignore the scales
+        let fp8kv = if c.fp8.is_some() { "fp8kv_" } else { "" };
+        args.extend([Arg::F32(k_scale), Arg::F32(v_scale)]);
+        let rope = format!("rope_kv_{fp8kv}{dt}");
         // SAFETY: the arguments follow rope_kv.cu's signature; buffers hold the shapes above.
         unsafe { k.launch(&rope, (n as u32, (n_heads + 2 * n_kv) as u32), hd as u32, 0, &args).unwrap() };
 
@@ -472,8 +470,8 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
         let done = k.upload(&vec![0i32; n * n_heads]).unwrap();
         let attn_scale = 1.0 / (hd as f32).sqrt();
         // the operands the decode and the prefill kernels share: first q, the caches, where the
-        // tokens' rows are and the output; last the scores' scale, window and cap, then an fp8
-        // cache's multipliers (its kernels are named `*_fp8kv_*`)
+        // tokens' rows are and the output; last the scores' scale, window and cap and the cache's
+        // multipliers
         let lead = |out: &Buffer| {
             vec![
                 Arg::Ptr(q_out.ptr()),
@@ -486,15 +484,15 @@ fn attention_case(k: &Kernels, rng: &mut StdRng, c: AttnCase) {
                 Arg::Ptr(out.ptr()),
             ]
         };
-        let mut scores = vec![
+        // what a stored unit is worth (fp8 codes decode as value / 256)
+        let (k_mul, v_mul) = if c.fp8.is_some() { (k_scale * 256.0, v_scale * 256.0) } else { (1.0, 1.0) };
+        let scores = [
             Arg::F32(attn_scale),
             Arg::I32(c.window.unwrap_or(0) as i32),
             Arg::F32(c.cap.unwrap_or(0.0)),
+            Arg::F32(k_mul),
+            Arg::F32(v_mul),
         ];
-        if c.fp8.is_some() {
-            scores.extend([Arg::F32(k_scale * 256.0), Arg::F32(v_scale * 256.0)]);
-        }
-        let fp8kv = if c.fp8.is_some() { "fp8kv_" } else { "" };
         let mut args = lead(&out);
         args.extend([
             Arg::Ptr(part.ptr()),

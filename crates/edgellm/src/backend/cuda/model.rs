@@ -27,7 +27,7 @@ const ARGMAX_SPLITS: usize = 32;
 /// Widest residual stream a decode GEMV normalises itself (common.cuh `NORM_VECS` float4s per
 /// thread of 128).
 const FUSED_NORM_MAX: usize = 4 * 8 * 128;
-/// Most split-K partitions of decode attention.
+/// Most split-K partitions of decode attention (kernels/attention.cu `ATTN_MAX_SPLITS`).
 const MAX_SPLITS: usize = 16;
 
 /// Threads per block of the split-K attention kernel (kernels/attention.cu).
@@ -641,18 +641,13 @@ impl CudaModel {
             self.project(x_in, n, &l.wqkv, a.qkv.ptr(), fuse)?;
             let n_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) as u32;
             let [k_scale, v_scale] = l.kv_scale;
-            if self.kv_fp8 {
-                launch!(g, format!("rope_kv_fp8_{dt}"), (nu, n_rows), hd as u32, 0;
-                    a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
-                    a.positions, a.token_seq, a.tables, self.max_blocks as i32,
-                    l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps,
-                    k_scale, v_scale)?;
-            } else {
-                launch!(g, format!("rope_kv_{dt}"), (nu, n_rows), hd as u32, 0;
-                    a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
-                    a.positions, a.token_seq, a.tables, self.max_blocks as i32,
-                    l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps)?;
-            }
+            // kernels for an fp8 cache are named `*_fp8kv_*` and take the same arguments
+            let kv = if self.kv_fp8 { "fp8kv_" } else { "" };
+            launch!(g, format!("rope_kv_{kv}{dt}"), (nu, n_rows), hd as u32, 0;
+                a.qkv.ptr(), opt(&l.bqkv), opt(&l.q_norm), opt(&l.k_norm), self.rope[l.sliding as usize].ptr(),
+                a.positions, a.token_seq, a.tables, self.max_blocks as i32,
+                l.k_cache.ptr(), l.v_cache.ptr(), a.q.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32, eps,
+                k_scale, v_scale)?;
             // attend over cached keys
             let window = if l.sliding { c.sliding_window.unwrap_or(0) as i32 } else { 0 };
             let cap = c.attn_logit_softcapping.unwrap_or(0.0);
@@ -674,30 +669,19 @@ impl CudaModel {
             let shmem = attention_shared_bytes(c.head_dim, self.kv_fp8);
             let grid = (nu * n_heads as u32, splits as u32);
             let release_early = self.attention_release_early.unwrap_or(!l.wo.is_native(dt)) as i32;
-            // fp8 codes decode as value / 256 (kernels/fp8.cuh)
-            let (k_mul, v_mul) = (k_scale * 256.0, v_scale * 256.0);
-            if flash && self.kv_fp8 {
+            // what a stored unit of the cache is worth: fp8 codes decode as value / 256 (kernels/fp8.cuh)
+            let (k_mul, v_mul) = if self.kv_fp8 { (k_scale * 256.0, v_scale * 256.0) } else { (1.0, 1.0) };
+            if flash {
                 let tiles = n.div_ceil(PREFILL_TILE) as u32;
-                launch!(g, format!("attention_prefill_fp8kv_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
+                launch!(g, format!("attention_prefill_{kv}{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
                     c.attn_scale(), window, cap, k_mul, v_mul)?;
-            } else if flash {
-                let tiles = n.div_ceil(PREFILL_TILE) as u32;
-                launch!(g, format!("attention_prefill_{dt}_hd{hd}"), (tiles, n_heads as u32), 128, 0;
-                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
-                    self.max_blocks as i32, a.attn.ptr(), n as i32, n_heads, n_kv, self.kv.block_size as i32,
-                    c.attn_scale(), window, cap)?;
-            } else if self.kv_fp8 {
-                launch!(g, format!("attention_fp8kv_{dt}"), grid, ATTENTION_THREADS, shmem;
+            } else {
+                launch!(g, format!("attention_{kv}{dt}"), grid, ATTENTION_THREADS, shmem;
                     a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
                     self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
                     c.attn_scale(), window, cap, k_mul, v_mul, release_early)?;
-            } else {
-                launch!(g, format!("attention_{dt}"), grid, ATTENTION_THREADS, shmem;
-                    a.q.ptr(), l.k_cache.ptr(), l.v_cache.ptr(), a.positions, a.token_seq, a.tables,
-                    self.max_blocks as i32, a.attn.ptr(), a.part.ptr(), a.done.ptr(), n_heads, n_kv, hd, self.kv.block_size as i32,
-                    c.attn_scale(), window, cap, release_early)?;
             }
             // output projection; residual (+ post-norm) fused with the MLP's input norm
             self.project(a.attn.ptr(), n, &l.wo, residual, add)?;

@@ -44,6 +44,11 @@ __device__ __forceinline__ int attn_threads_per_position(int head_dim) {
 // Positions per split of decode attention: fewer, longer splits cost less than the combine
 // (measured best at ~160 for Llama-3.2-1B and Qwen2.5-0.5B at 512-768 positions, NOTES.md "at2").
 #define SPLIT_POSITIONS 160
+// Most splits (gridDim.y), model.rs `MAX_SPLITS`.
+#define ATTN_MAX_SPLITS 16
+// Staging rounds of a chunk: its C * head_dim / 8 16-byte pieces over blockDim.x threads, C =
+// blockDim.x / TP, so head_dim / (8 * TP) <= 8 for every head size up to 256.
+#define STAGE_ROUNDS 8
 
 template <class W, class KV>
 __device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
@@ -72,22 +77,32 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     int start = first + split * per, end = min(start + per, pos + 1);
     const int* table = tables + token_seq[t] * max_blocks;
     int vecs = head_dim / 8;
-    // copies rows [lo, hi) of the chunk at c into ks, vs
+    // copies rows [lo, hi) of the chunk at c into ks, vs: the block-table entries of a thread's rows
+    // (STAGE_ROUNDS of them) are loaded together, then the copies issued (a copy is `asm volatile`,
+    // so an entry loaded in the copy loop waits for the copy before it; measured no faster, but
+    // one dependent L2 round trip where there were eight: NOTES.md "tb")
     auto stage = [&](int c, int lo, int hi) {
         hi = min(hi, c + C);
-        for (int i = threadIdx.x; i < C * vecs; i += blockDim.x) {
-            int r = i / vecs, v = i % vecs, j = c + r;
-            if (j >= lo && j < hi) {
-                size_t at = (((size_t)table[j / block_size] * n_kv_heads + kvh) * block_size + j % block_size) * head_dim;
-                KV::stage8(ks + r * stride + v * 8, k_cache + at + v * 8);
-                KV::stage8(vs + r * stride + v * 8, v_cache + at + v * 8);
-            }
+        int blk[STAGE_ROUNDS];
+#pragma unroll
+        for (int it = 0; it < STAGE_ROUNDS; it++) {
+            int i = threadIdx.x + it * blockDim.x, j = c + i / vecs;
+            blk[it] = i < C * vecs && j >= lo && j < hi ? table[j / block_size] : -1;
+        }
+#pragma unroll
+        for (int it = 0; it < STAGE_ROUNDS; it++) {
+            if (blk[it] < 0) continue;
+            int i = threadIdx.x + it * blockDim.x, r = i / vecs, v = i % vecs, j = c + r;
+            size_t at = (((size_t)blk[it] * n_kv_heads + kvh) * block_size + j % block_size) * head_dim + v * 8;
+            KV::stage8(ks + r * stride + v * 8, k_cache + at);
+            KV::stage8(vs + r * stride + v * 8, v_cache + at);
         }
     };
     int written = pos + 1 - n_tokens;  // rows below were written by earlier steps
     stage(start, start, min(end, written));
     pdl_wait();
     if (release_early) pdl_trigger();
+    stage(start, max(start, written), end);  // this step's rows, which rope_kv wrote
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[((size_t)t * n_heads + h) * head_dim + d];
 
     // scores: thread (jr, part) sums the part-th of every tp-th 8-dim vector of position c + jr
@@ -100,7 +115,7 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[e] = 0.f;
     for (int c = start; c < end; c += C) {
-        stage(c, c == start ? max(start, written) : c, end);
+        if (c != start) stage(c, c, end);
         cp_async_wait();
         __syncthreads();
         int j = c + jr;
@@ -171,41 +186,45 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     __syncthreads();
     if (!last || threadIdx.x >= head_dim) return;
     __threadfence();
-    // sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z; L2 reads (__ldcg): other SMs wrote them
+    // sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z over the splits in order; every split's
+    // partials are loaded at once from L2 (__ldcg: other SMs wrote them), so the combine costs
+    // about the same at any split count (shorter splits then pay: NOTES.md "tb"). An empty split
+    // has l = 0, acc = 0.
     const float* pp = part + (size_t)blockIdx.x * gridDim.y * (head_dim + 2);
-    float mx = NEG_INF;
-    for (int z = 0; z < n_splits; z++) mx = fmaxf(mx, __ldcg(pp + z * (head_dim + 2)));
-    float num = 0.f, den = 0.f;
-    for (int z = 0; z < n_splits; z++) {
+    float mz[ATTN_MAX_SPLITS], lz[ATTN_MAX_SPLITS], az[ATTN_MAX_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
         const float* pz = pp + z * (head_dim + 2);
-        float lz = __ldcg(pz + 1);
-        if (lz == 0.f) continue;  // an empty split
-        float e = expf(__ldcg(pz) - mx);
-        num += e * __ldcg(pz + 2 + threadIdx.x);
-        den += e * lz;
+        bool ok = z < n_splits;
+        mz[z] = ok ? __ldcg(pz) : NEG_INF;
+        lz[z] = ok ? __ldcg(pz + 1) : 0.f;
+        az[z] = ok ? __ldcg(pz + 2 + threadIdx.x) : 0.f;
+    }
+    float mx = NEG_INF;
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) mx = fmaxf(mx, mz[z]);
+    float num = 0.f, den = 0.f;
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
+        float e = lz[z] > 0.f ? expf(mz[z] - mx) : 0.f;
+        num += e * az[z];
+        den += e * lz[z];
     }
     store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)(gridDim.x) * head_dim, num / den);
 }
 
-#define ATTN_KERNELS(NAME, W)                                                                                  \
-    extern "C" __global__ void attention_##NAME(const float* q, const u16* k_cache, const u16* v_cache,         \
-                                                const int* positions, const int* token_seq, const int* tables,  \
-                                                int max_blocks, u16* out, float* part, int* done, int n_heads,  \
-                                                int n_kv_heads, int head_dim, int block_size, float scale,      \
-                                                int window, float cap, int release_early) {                     \
-        attention_impl<W, KvF16>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
-                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, 1.f, 1.f,       \
-                                 release_early);                                                               \
-    }                                                                                                          \
-    extern "C" __global__ void attention_fp8kv_##NAME(                                                         \
-        const float* q, const unsigned char* k_cache, const unsigned char* v_cache, const int* positions,      \
-        const int* token_seq, const int* tables, int max_blocks, u16* out, float* part, int* done, int n_heads, \
-        int n_kv_heads, int head_dim, int block_size, float scale, int window, float cap, float k_mul,         \
-        float v_mul, int release_early) {                                                                      \
-        attention_impl<W, KvFp8>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
-                                 n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, k_mul, v_mul,   \
-                                 release_early);                                                               \
+// One signature for both caches (k_mul = v_mul = 1 for fp16): the host picks the name.
+#define ATTN_KERNEL(NAME, W, KV)                                                                              \
+    extern "C" __global__ void NAME(const float* q, const KV::T* k_cache, const KV::T* v_cache,              \
+                                    const int* positions, const int* token_seq, const int* tables,           \
+                                    int max_blocks, u16* out, float* part, int* done, int n_heads,           \
+                                    int n_kv_heads, int head_dim, int block_size, float scale, int window,   \
+                                    float cap, float k_mul, float v_mul, int release_early) {                \
+        attention_impl<W, KV>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, part, done, \
+                              n_heads, n_kv_heads, head_dim, block_size, scale, window, cap, k_mul, v_mul,   \
+                              release_early);                                                                \
     }
+#define ATTN_KERNELS(NAME, W) ATTN_KERNEL(attention_##NAME, W, KvF16) ATTN_KERNEL(attention_fp8kv_##NAME, W, KvFp8)
 
 ATTN_KERNELS(f16, F16)
 ATTN_KERNELS(bf16, BF16)
@@ -412,23 +431,18 @@ __device__ void attention_prefill_impl(const float* q, const typename KV::T* k_c
     }
 }
 
-#define ATTN_PREFILL_KERNEL(NAME, W, HD)                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) attention_prefill_##NAME##_hd##HD(                       \
-        const float* q, const u16* k_cache, const u16* v_cache, const int* positions, const int* token_seq,    \
-        const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads, int n_kv_heads,                \
-        int block_size, float scale, int window, float cap) {                                                  \
-        attention_prefill_impl<W, HD, KvF16>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, \
-                                             n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap, 1.f, \
-                                             1.f);                                                             \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_prefill_fp8kv_##NAME##_hd##HD(                 \
-        const float* q, const unsigned char* k_cache, const unsigned char* v_cache, const int* positions,      \
-        const int* token_seq, const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads,          \
-        int n_kv_heads, int block_size, float scale, int window, float cap, float k_mul, float v_mul) {        \
-        attention_prefill_impl<W, HD, KvFp8>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out, \
-                                             n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap,    \
-                                             k_mul, v_mul);                                                    \
+#define ATTN_PREFILL_KERNEL_KV(NAME, W, HD, KV)                                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                                          \
+        NAME(const float* q, const KV::T* k_cache, const KV::T* v_cache, const int* positions,                 \
+             const int* token_seq, const int* tables, int max_blocks, u16* out, int n_tokens, int n_heads,     \
+             int n_kv_heads, int block_size, float scale, int window, float cap, float k_mul, float v_mul) {   \
+        attention_prefill_impl<W, HD, KV>(q, k_cache, v_cache, positions, token_seq, tables, max_blocks, out,  \
+                                          n_tokens, n_heads, n_kv_heads, block_size, scale, window, cap, k_mul, \
+                                          v_mul);                                                              \
     }
+#define ATTN_PREFILL_KERNEL(NAME, W, HD)                                            \
+    ATTN_PREFILL_KERNEL_KV(attention_prefill_##NAME##_hd##HD, W, HD, KvF16)         \
+    ATTN_PREFILL_KERNEL_KV(attention_prefill_fp8kv_##NAME##_hd##HD, W, HD, KvFp8)
 
 ATTN_PREFILL_KERNEL(f16, F16, 64)
 ATTN_PREFILL_KERNEL(f16, F16, 128)

@@ -5,7 +5,7 @@
 // qkv: fp32 [n_tokens, (n_heads + 2 * n_kv_heads) * head_dim], from the QKV projection.
 // Cache: [n_blocks, n_kv_heads, block_size, head_dim] per layer, fp16 under fp16 and bf16
 // weights alike (bf16's 8-bit significand cost the fixtures' logits more than fp16's range), or
-// fp8 E4M3 (`rope_kv_fp8_*`: stored = value / k_scale or / v_scale, per tensor). Block tables are
+// fp8 E4M3 (`rope_kv_fp8kv_*`: stored = value / k_scale or / v_scale, per tensor). Block tables are
 // padded: sequence s's table is tables[s * max_blocks ..]. Angles are `float(pos) * inv_freq[i]`
 // with full-precision sincosf, as the CPU reference computes them.
 // Launch: grid (n_tokens, n_heads + 2 * n_kv_heads), head_dim threads (a multiple of 32, at most
@@ -54,24 +54,18 @@ __device__ void rope_kv_impl(const float* qkv, const float* bias, const float* q
     }
 }
 
-#define ROPE_KERNEL(NAME, W)                                                                               \
-    extern "C" __global__ void rope_kv_##NAME(const float* qkv, const float* bias, const float* q_norm,     \
-                                              const float* k_norm, const float* inv_freq, const int* positions, \
-                                              const int* token_seq, const int* tables, int max_blocks,      \
-                                              u16* k_cache, u16* v_cache, float* q_out, int n_heads,        \
-                                              int n_kv_heads, int head_dim, int block_size, float eps) {    \
-        rope_kv_impl<W, KvF16>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks, \
-                               k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps, 1.f, 1.f); \
-    }                                                                                                      \
-    extern "C" __global__ void rope_kv_fp8_##NAME(                                                         \
-        const float* qkv, const float* bias, const float* q_norm, const float* k_norm, const float* inv_freq, \
-        const int* positions, const int* token_seq, const int* tables, int max_blocks, unsigned char* k_cache, \
-        unsigned char* v_cache, float* q_out, int n_heads, int n_kv_heads, int head_dim, int block_size,    \
-        float eps, float k_scale, float v_scale) {                                                         \
-        rope_kv_impl<W, KvFp8>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks, \
-                               k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps, k_scale, \
-                               v_scale);                                                                   \
+// One signature for both caches (the scales are unused by an fp16 one): the host picks the name.
+#define ROPE_KERNEL_KV(NAME, W, KV)                                                                        \
+    extern "C" __global__ void NAME(const float* qkv, const float* bias, const float* q_norm,              \
+                                    const float* k_norm, const float* inv_freq, const int* positions,      \
+                                    const int* token_seq, const int* tables, int max_blocks, KV::T* k_cache, \
+                                    KV::T* v_cache, float* q_out, int n_heads, int n_kv_heads, int head_dim, \
+                                    int block_size, float eps, float k_scale, float v_scale) {             \
+        rope_kv_impl<W, KV>(qkv, bias, q_norm, k_norm, inv_freq, positions, token_seq, tables, max_blocks,  \
+                            k_cache, v_cache, q_out, n_heads, n_kv_heads, head_dim, block_size, eps, k_scale, \
+                            v_scale);                                                                      \
     }
+#define ROPE_KERNEL(NAME, W) ROPE_KERNEL_KV(rope_kv_##NAME, W, KvF16) ROPE_KERNEL_KV(rope_kv_fp8kv_##NAME, W, KvFp8)
 
 ROPE_KERNEL(f16, F16)
 ROPE_KERNEL(bf16, BF16)
