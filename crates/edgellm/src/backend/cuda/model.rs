@@ -27,6 +27,11 @@ const ARGMAX_SPLITS: usize = 32;
 /// Widest residual stream a decode GEMV normalises itself (common.cuh `NORM_VECS` float4s per
 /// thread of 128).
 const FUSED_NORM_MAX: usize = 4 * 8 * 128;
+/// Largest output projection (weight bytes) that decode attention releases at its start rather
+/// than its end: a larger one's early weight loads slow the latency-bound attention blocks more
+/// than its earlier start gains (Llama-3.2-1B f16, 8.4 MB: late +0.5-1.3%; Qwen2.5-0.5B f16,
+/// 1.6 MB: early +3%; Llama int8 4.2 MB and int4 2.1 MB: early +1-2%; NOTES.md "at2", "tf").
+const EARLY_RELEASE_MAX_BYTES: usize = 6 << 20;
 /// Most split-K partitions of decode attention (kernels/attention.cu `ATTN_MAX_SPLITS`).
 const MAX_SPLITS: usize = 16;
 
@@ -130,8 +135,7 @@ pub struct CudaModel {
     // the decode GEMV family, fixed at load for every batch size (see `GemvKernel`)
     gemv_kernel: GemvKernel,
     // decode attention releases the output projection at its start (`pdl_trigger` after its
-    // wait) instead of at its end: where that projection is quantized (a quarter to half of the
-    // 16-bit bytes beside the latency-bound attention blocks; attention.cu);
+    // wait) instead of at its end where that projection is small (`EARLY_RELEASE_MAX_BYTES`);
     // `EDGELLM_CUDA_ATTN_RELEASE=early|late` overrides it, to measure it
     attention_release_early: Option<bool>,
     staging: Vec<u32>, // host image of `Arena::inputs`
@@ -668,7 +672,8 @@ impl CudaModel {
                 && n >= 16 * n_seqs;
             let shmem = attention_shared_bytes(c.head_dim, self.kv_fp8);
             let grid = (nu * n_heads as u32, splits as u32);
-            let release_early = self.attention_release_early.unwrap_or(!l.wo.is_native(dt)) as i32;
+            let release_early =
+                self.attention_release_early.unwrap_or(l.wo.weight_bytes() <= EARLY_RELEASE_MAX_BYTES) as i32;
             // what a stored unit of the cache is worth: fp8 codes decode as value / 256 (kernels/fp8.cuh)
             let (k_mul, v_mul) = if self.kv_fp8 { (k_scale * 256.0, v_scale * 256.0) } else { (1.0, 1.0) };
             if flash {

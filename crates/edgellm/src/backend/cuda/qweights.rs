@@ -87,6 +87,11 @@ impl GpuMatrix {
         matches!((self.format, dt), (Format::F16, "f16") | (Format::BF16, "bf16"))
     }
 
+    /// Bytes of its weights (codes or elements; not the scales).
+    pub fn weight_bytes(&self) -> usize {
+        self.len() * 16 / self.elems_per_vector()
+    }
+
     /// Elements of the matrix.
     pub fn len(&self) -> usize {
         self.rows * self.cols

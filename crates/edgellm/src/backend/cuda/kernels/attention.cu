@@ -21,13 +21,15 @@
 // a (token, head) to finish (counted in `done`, which it resets to 0 for the next step) reduces
 // them in split order, so the result does not depend on which split ends last.
 // The next kernel (the output projection) is released when this grid ends, or with
-// `release_early` right after the wait: launched early, a 16-bit projection's blocks streamed
-// its weights in beside these latency-bound blocks and slowed them (Llama-3.2-1B f16 decode
-// +2-4% when released late); a quantized one, a quarter to half the bytes, lost more from its
-// later start (int4 -2% late: NOTES.md "at2"), so the host releases early before quantized ones.
+// `release_early` right after the wait: launched early, a large projection's blocks stream its
+// weights in beside these latency-bound blocks and slow them (Llama-3.2-1B f16, 8.4 MB: +0.5-4%
+// when released late); a small one (quantized, or Qwen2.5-0.5B's 1.6 MB in f16) loses more from
+// its later start (NOTES.md "at2", "tf"), so the host releases early below a size (model.rs
+// `EARLY_RELEASE_MAX_BYTES`).
 // The copies of the first chunk's rows that earlier steps wrote are issued before waiting for the
 // previous kernel (they read nothing it writes: a sequence's tokens of this step, at most
-// n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it.
+// n_tokens, take consecutive positions ending at most at pos), so their DRAM latency overlaps it
+// (rope_kv releases this grid before its own wait: the copies overlap the QKV projection too).
 // Tried first: keys read by each thread from global memory and values after the softmax (two
 // dependent DRAM round trips per chunk, both after the wait; 9.7 us per Llama-3.2-1B decode layer
 // alone under ncu, NOTES.md "Per-kernel profile"); a separate combine kernel (one more launch per
@@ -41,14 +43,42 @@ __device__ __forceinline__ int attn_threads_per_position(int head_dim) {
     return head_dim <= 64 ? 1 : head_dim <= 128 ? 2 : 4;
 }
 
-// Positions per split of decode attention: fewer, longer splits cost less than the combine
-// (measured best at ~160 for Llama-3.2-1B and Qwen2.5-0.5B at 512-768 positions, NOTES.md "at2").
-#define SPLIT_POSITIONS 160
+// Positions per split of decode attention: with the combine's loads in one round, 96-128 beat
+// 160 (measured best before it, NOTES.md "at2") on Qwen2.5-0.5B at 512-768 positions by 1.3-2%
+// and 64 lost (NOTES.md "tb", "at3"); Llama-3.2-1B's grid allows 4 splits, as many as before.
+#define SPLIT_POSITIONS 96
 // Most splits (gridDim.y), model.rs `MAX_SPLITS`.
 #define ATTN_MAX_SPLITS 16
 // Staging rounds of a chunk: its C * head_dim / 8 16-byte pieces over blockDim.x threads, C =
 // blockDim.x / TP, so head_dim / (8 * TP) <= 8 for every head size up to 256.
 #define STAGE_ROUNDS 8
+
+// The output element `at` of a (token, head) from its splits' partials: sum_z e^(m_z - M) acc_z /
+// sum_z e^(m_z - M) l_z over the splits in order, every split's partials loaded at once
+// (`partial(z, i)`: element i of split z's (m, l, acc[head_dim]), this thread's acc element at
+// 2 + threadIdx.x); an empty split has l = 0, acc = 0.
+template <class W, class Partial>
+__device__ __forceinline__ void combine_splits(Partial partial, int n_splits, u16* out, size_t at, size_t lo_off) {
+    float mz[ATTN_MAX_SPLITS], lz[ATTN_MAX_SPLITS], az[ATTN_MAX_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
+        bool ok = z < n_splits;
+        mz[z] = ok ? partial(z, 0) : NEG_INF;
+        lz[z] = ok ? partial(z, 1) : 0.f;
+        az[z] = ok ? partial(z, 2 + threadIdx.x) : 0.f;
+    }
+    float mx = NEG_INF;
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) mx = fmaxf(mx, mz[z]);
+    float num = 0.f, den = 0.f;
+#pragma unroll
+    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
+        float e = lz[z] > 0.f ? expf(mz[z] - mx) : 0.f;
+        num += e * az[z];
+        den += e * lz[z];
+    }
+    store_act<W>(out, at, lo_off, num / den);
+}
 
 template <class W, class KV>
 __device__ void attention_impl(const float* q, const typename KV::T* k_cache, const typename KV::T* v_cache,
@@ -159,19 +189,19 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
         for (int e = 0; e < 8; e++) red[g * head_dim + dv * 8 + e] = acc[e];
     }
     __syncthreads();
+    float* mine = part + ((size_t)blockIdx.x * gridDim.y + split) * (head_dim + 2);  // (m, l, acc)
+    size_t at = ((size_t)t * n_heads + h) * head_dim + threadIdx.x, lo_off = (size_t)gridDim.x * head_dim;
     if (threadIdx.x < head_dim) {
         float a = 0.f;
         for (int gg = 0; gg < groups; gg++) a += red[gg * head_dim + threadIdx.x];
         a *= v_mul;
         if (n_splits == 1) {
-            store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)gridDim.x * head_dim,
-                         l > 0.f ? a / l : 0.f);
+            store_act<W>(out, at, lo_off, l > 0.f ? a / l : 0.f);
         } else {
-            float* pp = part + ((size_t)blockIdx.x * gridDim.y + split) * (head_dim + 2);
-            pp[2 + threadIdx.x] = a;
+            mine[2 + threadIdx.x] = a;
             if (threadIdx.x == 0) {
-                pp[0] = m;
-                pp[1] = l;
+                mine[0] = m;
+                mine[1] = l;
             }
         }
     }
@@ -186,31 +216,10 @@ __device__ void attention_impl(const float* q, const typename KV::T* k_cache, co
     __syncthreads();
     if (!last || threadIdx.x >= head_dim) return;
     __threadfence();
-    // sum_z e^(m_z - M) acc_z / sum_z e^(m_z - M) l_z over the splits in order; every split's
-    // partials are loaded at once from L2 (__ldcg: other SMs wrote them), so the combine costs
-    // about the same at any split count (shorter splits then pay: NOTES.md "tb"). An empty split
-    // has l = 0, acc = 0.
+    // from L2 (__ldcg): other SMs wrote them (a cluster of the splits combining through
+    // distributed shared memory instead was no faster: NOTES.md "cl")
     const float* pp = part + (size_t)blockIdx.x * gridDim.y * (head_dim + 2);
-    float mz[ATTN_MAX_SPLITS], lz[ATTN_MAX_SPLITS], az[ATTN_MAX_SPLITS];
-#pragma unroll
-    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
-        const float* pz = pp + z * (head_dim + 2);
-        bool ok = z < n_splits;
-        mz[z] = ok ? __ldcg(pz) : NEG_INF;
-        lz[z] = ok ? __ldcg(pz + 1) : 0.f;
-        az[z] = ok ? __ldcg(pz + 2 + threadIdx.x) : 0.f;
-    }
-    float mx = NEG_INF;
-#pragma unroll
-    for (int z = 0; z < ATTN_MAX_SPLITS; z++) mx = fmaxf(mx, mz[z]);
-    float num = 0.f, den = 0.f;
-#pragma unroll
-    for (int z = 0; z < ATTN_MAX_SPLITS; z++) {
-        float e = lz[z] > 0.f ? expf(mz[z] - mx) : 0.f;
-        num += e * az[z];
-        den += e * lz[z];
-    }
-    store_act<W>(out, ((size_t)t * n_heads + h) * head_dim + threadIdx.x, (size_t)(gridDim.x) * head_dim, num / den);
+    combine_splits<W>([&](int z, int i) { return __ldcg(pp + z * (head_dim + 2) + i); }, n_splits, out, at, lo_off);
 }
 
 // One signature for both caches (k_mul = v_mul = 1 for fp16): the host picks the name.

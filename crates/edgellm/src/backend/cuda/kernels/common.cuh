@@ -266,8 +266,9 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_al
 // the attribute). A kernel launched with it may start while the previous kernel of the stream
 // still runs: it does only work that reads nothing an earlier kernel writes (GEMV weight loads),
 // then `pdl_wait` (the previous grid has completed and its writes are visible; by induction every
-// earlier one too), then `pdl_trigger` lets the next kernel start its own prologue. Every kernel
-// calls `pdl_wait` before its first read or write of activations, caches or outputs.
+// earlier one too), then `pdl_trigger` lets the next kernel start its own prologue (rope_kv
+// triggers before it waits: see there). Every kernel calls `pdl_wait` before its first read or
+// write of activations, caches or outputs.
 __device__ __forceinline__ void pdl_wait() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
