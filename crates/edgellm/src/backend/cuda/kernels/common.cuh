@@ -126,6 +126,11 @@ __device__ __forceinline__ void load_row_vectors(const uint4* wr, const uint4* w
 // sums (and the up half's, GATED) reduced over the warp, then over the `ksplit` warps of a row
 // through `red` in warp order (the same sum at every batch size). Returns whether this warp holds
 // the row's totals (its first part); the others are done. Every thread of the block must call it.
+// The caller alternates two `red` buffers by its group count (`__shared__ float red[2][2][4][NT]`,
+// `red[i & 1]` for its i-th group): a warp writes group i + 2's partials only past group i + 1's
+// barrier, which the warps summing group i reach after reading them, so one barrier per group
+// suffices (a second one, before the buffer's reuse, cost the 16-bit Llama-3.2-1B decode 1.3%:
+// NOTES.md "at3").
 template <int NT, bool GATED>
 __device__ __forceinline__ bool row_sums(float* acc, float* acc_u, float (*red)[4][NT], int warp, int lane,
                                          int part, int ksplit) {

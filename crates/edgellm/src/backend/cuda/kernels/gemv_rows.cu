@@ -32,11 +32,7 @@ __device__ __forceinline__ uint4 act_load(const u16* x, size_t at, bool shared) 
 template <class W, int NT, bool GATED>
 __device__ void gemv_rows_impl(const u16* __restrict__ w, const void* __restrict__ x_in, void* out, int rows, int in,
                                float cap, int act, int ksplit, const float* norm, float eps, int residual) {
-    // row_sums' partials by group parity ([acc, acc_u][warp][token]): a warp writes group g + 2's
-    // only past group g + 1's barrier, which the warps summing group g reach after reading it, so
-    // a group needs one barrier (the second one cost the 16-bit Llama-3.2-1B decode 1.3%: NOTES.md
-    // "at3")
-    __shared__ float red[2][2][4][NT];
+    __shared__ float red[2][2][4][NT];  // row_sums' partials, by group parity (common.cuh)
     extern __shared__ __align__(16) u16 xs[];  // the normalised input (`norm`)
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, part = warp % ksplit;
     int per_block = 4 / ksplit, n_groups = (rows + per_block - 1) / per_block;

@@ -86,11 +86,7 @@ struct WHalf {
 template <class P, int NT, bool GATED>
 __device__ void qgemv_impl(const uint4* __restrict__ w, const float* __restrict__ scales, const u16* __restrict__ x,
                            void* out, int rows, int in, int vpg, float row_factor, float cap, int act, int ksplit) {
-    // row_sums' partials by group parity ([acc, acc_u][warp][token]): a warp writes group g + 2's
-    // only past group g + 1's barrier, which the warps summing group g reach after reading it, so
-    // a group needs one barrier (the second one cost the 16-bit Llama-3.2-1B decode 1.3%: NOTES.md
-    // "at3")
-    __shared__ float red[2][2][4][NT];
+    __shared__ float red[2][2][4][NT];  // row_sums' partials, by group parity (common.cuh)
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, part = warp % ksplit;
     int per_block = 4 / ksplit, n_row_groups = (rows + per_block - 1) / per_block;
     int n_vec_all = in / P::ELEMS;
