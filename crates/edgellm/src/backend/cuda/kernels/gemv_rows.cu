@@ -111,17 +111,23 @@ __device__ void gemv_rows_impl(const u16* __restrict__ w, const void* __restrict
     }
 }
 
+// Blocks per SM the 1-token kernels' registers must allow: 4 (at most 128 registers; they took
+// 135-139 and ran 3 per SM). Llama-3.2-1B's down projection (2,048 row groups) then streams in 4
+// rounds of a 528-block wave instead of 6 of 396: decode +5.3% (825 -> 870 tok/s), Qwen2.5-0.5B
+// +3.9% (NOTES.md "lb"); 5 per SM spills. More tokens keep their registers.
+#define ROWS_MIN_BLOCKS(NT) ((NT) == 1 ? 4 : 1)
+
 // One signature for both kinds: (w, x, out, rows, in, cap, act, ksplit, norm, eps, residual).
 #define GEMV_ROWS_KERNEL(NAME, W, NT)                                                                   \
-    extern "C" __global__ void gemv_rows_##NAME##_n##NT(const u16* w, const void* x, void* out, int rows,  \
-                                                        int in, float cap, int act, int ksplit,            \
-                                                        const float* norm, float eps, int residual) {      \
+    extern "C" __global__ void __launch_bounds__(128, ROWS_MIN_BLOCKS(NT))                                \
+        gemv_rows_##NAME##_n##NT(const u16* w, const void* x, void* out, int rows, int in, float cap,      \
+                                 int act, int ksplit, const float* norm, float eps, int residual) {        \
         gemv_rows_impl<W, NT, false>(w, x, out, rows, in, cap, act, ksplit, norm, eps, residual);          \
     }                                                                                                      \
-    extern "C" __global__ void gemv_rows_gated_##NAME##_n##NT(const u16* w, const void* x, void* out,      \
-                                                              int rows, int in, float cap, int act,        \
-                                                              int ksplit, const float* norm, float eps,    \
-                                                              int residual) {                              \
+    extern "C" __global__ void __launch_bounds__(128, ROWS_MIN_BLOCKS(NT))                                \
+        gemv_rows_gated_##NAME##_n##NT(const u16* w, const void* x, void* out, int rows, int in,           \
+                                       float cap, int act, int ksplit, const float* norm, float eps,       \
+                                       int residual) {                                                     \
         gemv_rows_impl<W, NT, true>(w, x, out, rows, in, cap, act, ksplit, norm, eps, residual);           \
     }
 
